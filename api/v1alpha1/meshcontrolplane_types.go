@@ -1,0 +1,261 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// SingletonName is the only name a MeshControlPlane may have: a cluster runs one mesh.
+const SingletonName = "default"
+
+// MeshControlPlaneSpec declares the Istio control plane Capstan keeps installed.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.components) || !has(self.components.pilot) || !(has(self.components.pilot.replicas) && has(self.components.pilot.autoscale))",message="spec.components.pilot: set either replicas or autoscale, not both"
+type MeshControlPlaneSpec struct {
+	// Version is the Istio version to run, as x.y.z (for example 1.31.1). It selects the
+	// image tag of every control-plane component; the charts are the ones Capstan embeds,
+	// so only versions of the embedded minor release are accepted. Changing it upgrades
+	// the control plane in place.
+	// +kubebuilder:default="1.31.1"
+	// +kubebuilder:validation:Pattern=`^[0-9]+\.[0-9]+\.[0-9]+$`
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	Version string `json:"version,omitempty"`
+
+	// Namespace is where the control plane runs. Capstan creates it when it is missing.
+	// +kubebuilder:default="istio-system"
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+
+	// Profile is the Istio configuration profile the charts start from: default, demo,
+	// minimal, preview, stable, or openshift (the default profile with OpenShift's platform
+	// settings).
+	// +kubebuilder:default=default
+	// +kubebuilder:validation:Enum=default;demo;minimal;preview;stable;openshift
+	// +optional
+	Profile string `json:"profile,omitempty"`
+
+	// Components tunes the control-plane components.
+	// +optional
+	Components *ComponentsSpec `json:"components,omitempty"`
+
+	// MeshConfig is the part of Istio's mesh-wide configuration that Capstan types and
+	// validates. Anything else can be set through values.meshConfig.
+	// +optional
+	MeshConfig *MeshConfigSpec `json:"meshConfig,omitempty"`
+
+	// Values are raw Helm values passed to Istio's charts, for settings Capstan does not
+	// type. The typed fields of this spec win over them. A value the charts reject is
+	// reported in the Degraded condition and changes nothing in the cluster.
+	// +kubebuilder:validation:Type=object
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +optional
+	Values *apiextensionsv1.JSON `json:"values,omitempty"`
+
+	// Uninstall says what happens when this resource is deleted.
+	// +optional
+	Uninstall *UninstallSpec `json:"uninstall,omitempty"`
+}
+
+// ComponentsSpec holds the settings of each control-plane component.
+type ComponentsSpec struct {
+	// Pilot is istiod, the control plane's discovery, configuration and certificate server.
+	// +optional
+	Pilot *PilotSpec `json:"pilot,omitempty"`
+}
+
+// PilotSpec tunes the istiod Deployment.
+type PilotSpec struct {
+	// Replicas is a fixed number of istiod pods. Setting it turns autoscaling off.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Autoscale runs istiod under a HorizontalPodAutoscaler. When neither replicas nor
+	// autoscale is set, Istio's default applies: 1 to 5 pods at 80% CPU.
+	// +optional
+	Autoscale *AutoscaleSpec `json:"autoscale,omitempty"`
+
+	// Resources are the compute requests and limits of the discovery container.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Env sets extra environment variables on istiod, by name.
+	// +kubebuilder:validation:MaxProperties=64
+	// +optional
+	Env map[string]string `json:"env,omitempty"`
+
+	// NodeSelector restricts istiod to nodes with these labels.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// Tolerations let istiod run on tainted nodes.
+	// +kubebuilder:validation:MaxItems=32
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+}
+
+// AutoscaleSpec bounds istiod's HorizontalPodAutoscaler.
+//
+// +kubebuilder:validation:XValidation:rule="self.min <= self.max",message="spec.components.pilot.autoscale: min must not exceed max"
+type AutoscaleSpec struct {
+	// Min is the fewest istiod pods.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:default=1
+	Min int32 `json:"min"`
+
+	// Max is the most istiod pods.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +kubebuilder:default=5
+	Max int32 `json:"max"`
+
+	// TargetCPUUtilizationPercentage is the average CPU use, in percent of the request,
+	// that the autoscaler aims for.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +kubebuilder:default=80
+	// +optional
+	TargetCPUUtilizationPercentage int32 `json:"targetCPUUtilizationPercentage,omitempty"`
+}
+
+// MeshConfigSpec is the typed subset of Istio's MeshConfig.
+type MeshConfigSpec struct {
+	// AccessLogFile is where sidecars write access logs; /dev/stdout sends them to the
+	// container log, and an empty value turns them off.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	AccessLogFile *string `json:"accessLogFile,omitempty"`
+
+	// AccessLogEncoding is the access log format.
+	// +kubebuilder:validation:Enum=TEXT;JSON
+	// +optional
+	AccessLogEncoding string `json:"accessLogEncoding,omitempty"`
+
+	// TrustDomain is the SPIFFE trust domain of the mesh's workload identities.
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	TrustDomain string `json:"trustDomain,omitempty"`
+
+	// OutboundTrafficPolicy says whether sidecars let traffic reach hosts outside the
+	// mesh's service registry.
+	// +optional
+	OutboundTrafficPolicy *OutboundTrafficPolicy `json:"outboundTrafficPolicy,omitempty"`
+}
+
+// OutboundTrafficPolicy mirrors Istio's mesh-wide outbound traffic policy.
+type OutboundTrafficPolicy struct {
+	// Mode is ALLOW_ANY (pass unknown destinations through) or REGISTRY_ONLY (block them).
+	// +kubebuilder:validation:Enum=ALLOW_ANY;REGISTRY_ONLY
+	Mode string `json:"mode"`
+}
+
+// UninstallSpec controls clean-up on deletion.
+type UninstallSpec struct {
+	// RemoveCRDs deletes Istio's CustomResourceDefinitions when this resource is deleted.
+	// Off by default, because deleting a CRD deletes every object of that kind in the
+	// cluster (every VirtualService, PeerAuthentication, ...).
+	// +optional
+	RemoveCRDs bool `json:"removeCRDs,omitempty"`
+}
+
+// MeshControlPlaneStatus is what Capstan last observed of the control plane.
+type MeshControlPlaneStatus struct {
+	// ObservedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions are Ready (the control plane serves), Progressing (a change is being
+	// rolled out) and Degraded (Capstan cannot reach the declared state; the message says
+	// which field to fix).
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Version is the Istio version whose objects are applied.
+	// +optional
+	Version string `json:"version,omitempty"`
+
+	// Components reports the readiness of each control-plane component.
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	Components []ComponentStatus `json:"components,omitempty"`
+}
+
+// ComponentStatus is one control-plane component's readiness.
+type ComponentStatus struct {
+	// Name of the component, such as istiod.
+	Name string `json:"name"`
+	// Ready is true when every desired replica is available.
+	Ready bool `json:"ready"`
+	// DesiredReplicas is the replica count the component's Deployment asks for.
+	DesiredReplicas int32 `json:"desiredReplicas"`
+	// ReadyReplicas is how many of those replicas are available.
+	ReadyReplicas int32 `json:"readyReplicas"`
+}
+
+// Condition types reported on a MeshControlPlane.
+const (
+	ConditionReady       = "Ready"
+	ConditionProgressing = "Progressing"
+	ConditionDegraded    = "Degraded"
+)
+
+// MeshControlPlane declares the cluster's Istio control plane. There is one per cluster,
+// named default.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=mcp
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Version",type=string,JSONPath=`.status.version`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="self.metadata.name == 'default'",message="metadata.name: a cluster has one MeshControlPlane and it must be named default"
+type MeshControlPlane struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the desired control plane.
+	// +kubebuilder:default={}
+	// +optional
+	Spec MeshControlPlaneSpec `json:"spec,omitempty"`
+	// Status is the observed control plane.
+	// +optional
+	Status MeshControlPlaneStatus `json:"status,omitempty"`
+}
+
+// MeshControlPlaneList is a list of MeshControlPlanes.
+//
+// +kubebuilder:object:root=true
+type MeshControlPlaneList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []MeshControlPlane `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&MeshControlPlane{}, &MeshControlPlaneList{})
+}
+
+// Condition reasons, also used as Event reasons.
+const (
+	ReasonInvalidSpec        = "InvalidSpec"
+	ReasonRenderFailed       = "RenderFailed"
+	ReasonApplyFailed        = "ApplyFailed"
+	ReasonUninstallFailed    = "UninstallFailed"
+	ReasonComponentsReady    = "ComponentsReady"
+	ReasonComponentsNotReady = "ComponentsNotReady"
+	ReasonReconciled         = "Reconciled"
+	ReasonInstalled          = "Installed"
+	ReasonUpgraded           = "Upgraded"
+	ReasonUpdated            = "Updated"
+	ReasonDriftReverted      = "DriftReverted"
+	ReasonUninstalled        = "Uninstalled"
+)

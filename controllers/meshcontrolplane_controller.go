@@ -1,0 +1,157 @@
+// Package controllers holds Capstan's reconcilers. They are thin: fetch, call internal/,
+// apply, report.
+package controllers
+
+import (
+	"context"
+	"sync"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/render"
+)
+
+// Finalizer holds a MeshControlPlane until Capstan has removed what it installed.
+const Finalizer = "mesh.capstan.dev/cleanup"
+
+// RBAC for the objects Istio's charts render (render.Kinds) and for the API itself. Each
+// resource is named; there is no wildcard.
+//
+// +kubebuilder:rbac:groups=mesh.capstan.dev,resources=meshcontrolplanes,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=mesh.capstan.dev,resources=meshcontrolplanes/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mesh.capstan.dev,resources=meshcontrolplanes/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=namespaces;serviceaccounts;configmaps;services,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=autoscaling,resources=horizontalpodautoscalers,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings;roles;rolebindings,verbs=get;list;watch;create;update;patch;delete;bind;escalate
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations;validatingwebhookconfigurations;validatingadmissionpolicies;validatingadmissionpolicybindings,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// MeshControlPlaneReconciler installs the control plane a MeshControlPlane declares and
+// keeps it as declared.
+type MeshControlPlaneReconciler struct {
+	client.Client
+	// APIReader reads past the cache, for objects Capstan does not own (and so does not
+	// cache), such as a control-plane namespace the user created.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	// KubeVersion is the server's version, given to the charts as helm install would.
+	KubeVersion string
+
+	// crdGenerations remembers the generation of each CRD as Capstan last applied it.
+	// CRDs are cached as metadata only, so an edit to one shows as a new generation.
+	crdGenerations sync.Map
+}
+
+// SetupWithManager registers the reconciler. Every kind Capstan renders is watched, as
+// Capstan's objects only (the cache is filtered by the managed-by label), so a change to
+// any of them reconciles the one MeshControlPlane; there is no periodic re-apply.
+func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named("meshcontrolplane").
+		For(&meshv1.MeshControlPlane{})
+	toSingleton := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}}}
+	})
+	owned := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return apply.Owned(o.GetLabels())
+	}))
+	for _, k := range render.Kinds {
+		if isCRD(k) {
+			b = b.WatchesMetadata(crdMetadata(), toSingleton, owned)
+			continue
+		}
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(k.GroupVersionKind)
+		b = b.Watches(u, toSingleton, owned)
+	}
+	return b.Complete(r)
+}
+
+// Reconcile runs the phases of the MeshControlPlane's life and writes its status once, at
+// the end.
+func (r *MeshControlPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
+	mcp := &meshv1.MeshControlPlane{}
+	if err := r.Get(ctx, req.NamespacedName, mcp); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	s := &scope{mcp: mcp, before: mcp.DeepCopy()}
+
+	phases := r.reconcileNormal()
+	if !mcp.DeletionTimestamp.IsZero() {
+		phases = r.reconcileDelete()
+	}
+	defer func() {
+		if s.released {
+			return
+		}
+		r.summarize(ctx, s)
+		if err := r.patchStatus(ctx, s); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
+	for _, phase := range phases {
+		res, err := phase(ctx, s)
+		if err != nil || s.stop {
+			return res, err
+		}
+		if !res.IsZero() {
+			return res, nil
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+func (r *MeshControlPlaneReconciler) reconcileNormal() []phaseFunc {
+	return []phaseFunc{
+		r.ensureFinalizer,
+		r.plan,
+		r.ensureNamespace,
+		r.applyObjects,
+		r.prune,
+		r.observe,
+	}
+}
+
+func (r *MeshControlPlaneReconciler) reconcileDelete() []phaseFunc {
+	return []phaseFunc{
+		r.removeInstalled,
+		r.releaseFinalizer,
+	}
+}
+
+// patchStatus writes the status when, and only when, it changed.
+func (r *MeshControlPlaneReconciler) patchStatus(ctx context.Context, s *scope) error {
+	if equality.Semantic.DeepEqual(s.before.Status, s.mcp.Status) {
+		return nil
+	}
+	log.FromContext(ctx).V(1).Info("writing status")
+	return client.IgnoreNotFound(r.Status().Patch(ctx, s.mcp, client.MergeFrom(s.before)))
+}
+
+func isCRD(k render.Kind) bool {
+	return k.Group == apiextensionsv1.GroupName && k.Kind == "CustomResourceDefinition"
+}
+
+func crdMetadata() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	return m
+}

@@ -1,0 +1,380 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/render"
+	"github.com/capstan-mesh/capstan/internal/values"
+)
+
+// phaseFunc is one step of a reconcile. It sets s.stop to end the reconcile early.
+type phaseFunc func(context.Context, *scope) (ctrl.Result, error)
+
+// scope is what the phases of one reconcile share.
+type scope struct {
+	mcp    *meshv1.MeshControlPlane
+	before *meshv1.MeshControlPlane
+
+	namespace string
+	desired   []render.Object
+	// keep are objects Capstan owns that are not rendered but must not be pruned (the
+	// control-plane namespace it created).
+	keep []apply.Ref
+	// applied are the objects written in this reconcile; repaired those among them that
+	// had drifted from an unchanged spec.
+	applied, repaired []apply.Ref
+	failure           *failure
+	stop              bool
+	// released is set once the finalizer is gone and the object may no longer exist.
+	released bool
+}
+
+// failure is why the declared state cannot be reached, for the Degraded condition.
+type failure struct {
+	reason  string
+	message string
+	// terminal failures wait for a spec change; others are retried with backoff.
+	terminal bool
+}
+
+func (s *scope) fail(reason string, err error, terminal bool) {
+	s.failure = &failure{reason: reason, message: err.Error(), terminal: terminal}
+	s.stop = true
+}
+
+func (r *MeshControlPlaneReconciler) ensureFinalizer(ctx context.Context, s *scope) (ctrl.Result, error) {
+	if controllerutil.ContainsFinalizer(s.mcp, Finalizer) {
+		return ctrl.Result{}, nil
+	}
+	patch := client.MergeFrom(s.mcp.DeepCopy())
+	controllerutil.AddFinalizer(s.mcp, Finalizer)
+	if err := r.Patch(ctx, s.mcp, patch); err != nil {
+		return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+	}
+	s.before.Finalizers = s.mcp.Finalizers
+	s.before.ResourceVersion = s.mcp.ResourceVersion
+	return ctrl.Result{}, nil
+}
+
+// plan turns the spec into the objects to apply. It touches nothing in the cluster: a spec
+// the charts reject stops here, and what runs keeps running.
+func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Result, error) {
+	spec := &s.mcp.Spec
+	s.namespace = spec.Namespace
+	if s.namespace == "" {
+		s.namespace = "istio-system"
+	}
+	vals, err := values.For(spec)
+	if err != nil {
+		s.fail(meshv1.ReasonInvalidSpec, err, true)
+		return ctrl.Result{}, nil
+	}
+	objs, err := render.Render(render.Input{Values: vals, Namespace: s.namespace, KubeVersion: r.KubeVersion})
+	if err != nil {
+		s.fail(meshv1.ReasonRenderFailed, fmt.Errorf("spec.values or the typed fields give values Istio's charts reject (nothing was changed): %w", err), true)
+		return ctrl.Result{}, nil
+	}
+	for _, o := range objs {
+		apply.Stamp(o.Unstructured, o.Component, apply.DefaultRevision)
+	}
+	s.desired = objs
+	return ctrl.Result{}, nil
+}
+
+// ensureNamespace creates the control-plane namespace when it is missing. A namespace the
+// user made stays the user's: Capstan neither labels nor ever deletes it.
+func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *scope) (ctrl.Result, error) {
+	ref := apply.Ref{GVK: corev1.SchemeGroupVersion.WithKind("Namespace")}
+	ref.Name = s.namespace
+	ns := &unstructured.Unstructured{}
+	ns.SetGroupVersionKind(ref.GVK)
+	err := r.Get(ctx, client.ObjectKey{Name: s.namespace}, ns) // the cache holds only Capstan's
+	if err == nil {
+		s.keep = append(s.keep, ref)
+		return ctrl.Result{}, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	err = r.APIReader.Get(ctx, client.ObjectKey{Name: s.namespace}, &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}})
+	if err == nil {
+		return ctrl.Result{}, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	created := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: s.namespace, Labels: map[string]string{
+		apply.ManagedByLabel: apply.ManagedByValue,
+		apply.ComponentLabel: apply.NamespaceComponent,
+		apply.RevisionLabel:  apply.DefaultRevision,
+	}}}
+	if err := r.Create(ctx, created); err != nil && !apierrors.IsAlreadyExists(err) {
+		s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("spec.namespace: creating namespace %s: %w", s.namespace, err), false)
+		return ctrl.Result{}, err
+	}
+	s.keep = append(s.keep, ref)
+	s.applied = append(s.applied, ref)
+	return ctrl.Result{}, nil
+}
+
+// applyObjects server-side applies each rendered object that is missing or has drifted,
+// and nothing else: an unchanged object costs no request. Once a control plane runs, the
+// changed objects are first validated with a server-side dry run, so that an object the
+// apiserver rejects stops the change before any of it is written.
+func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	specUnchanged := s.mcp.Status.ObservedGeneration == s.mcp.Generation && s.mcp.Status.Version != ""
+	var changed []*unstructured.Unstructured
+	for _, o := range s.desired {
+		drifted, err := r.drifted(ctx, o.Unstructured)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if drifted {
+			changed = append(changed, o.Unstructured)
+		}
+	}
+	if s.mcp.Status.Version != "" && len(changed) > 1 {
+		for _, o := range changed {
+			if err := r.applyOne(ctx, o.DeepCopy(), client.DryRunAll); err != nil {
+				return r.applyFailed(s, o, err)
+			}
+		}
+	}
+	for _, o := range changed {
+		ref := apply.RefOf(o)
+		obj := o.DeepCopy()
+		if err := r.applyOne(ctx, obj); err != nil {
+			return r.applyFailed(s, o, err)
+		}
+		if ref.GVK.Kind == "CustomResourceDefinition" {
+			r.crdGenerations.Store(ref.Name, obj.GetGeneration())
+		}
+		logger.V(1).Info("applied", "object", ref.String())
+		s.applied = append(s.applied, ref)
+		if specUnchanged {
+			s.repaired = append(s.repaired, ref)
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// rejected says whether the apiserver refused an object for its content. Server-side apply
+// reports an object it cannot convert to its schema (a duplicate list key, a wrong type) as
+// a 500 "failed to create typed patch object" rather than as Invalid.
+func rejected(err error) bool {
+	return apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) ||
+		(apierrors.IsInternalError(err) && strings.Contains(err.Error(), "failed to create typed patch object"))
+}
+
+func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, obj *unstructured.Unstructured, opts ...client.ApplyOption) error {
+	opts = append(opts, client.FieldOwner(apply.FieldManager), client.ForceOwnership)
+	return r.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), opts...)
+}
+
+// applyFailed reports a failed apply. An object the apiserver rejects as invalid comes from
+// the spec (raw values, env, resources), so it waits for the spec to change; other errors
+// are retried with backoff.
+func (r *MeshControlPlaneReconciler) applyFailed(s *scope, o *unstructured.Unstructured, err error) (ctrl.Result, error) {
+	ref := apply.RefOf(o)
+	if rejected(err) {
+		s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("the apiserver rejects the rendered %s, so nothing was changed; check spec.values and spec.components: %w", ref, err), true)
+		return ctrl.Result{}, nil
+	}
+	s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("applying %s: %w", ref, err), false)
+	return ctrl.Result{}, err
+}
+
+// drifted compares a desired object with Capstan's cached copy of it.
+func (r *MeshControlPlaneReconciler) drifted(ctx context.Context, desired *unstructured.Unstructured) (bool, error) {
+	key := client.ObjectKeyFromObject(desired)
+	if desired.GetKind() == "CustomResourceDefinition" {
+		live := crdMetadata()
+		if err := r.Get(ctx, key, live); err != nil {
+			return true, client.IgnoreNotFound(err)
+		}
+		applied, known := r.crdGenerations.Load(key.Name)
+		return apply.MetadataDrifted(desired, live) || (known && applied.(int64) != live.Generation), nil
+	}
+	live := &unstructured.Unstructured{}
+	live.SetGroupVersionKind(desired.GroupVersionKind())
+	if err := r.Get(ctx, key, live); err != nil {
+		return true, client.IgnoreNotFound(err)
+	}
+	return apply.Drifted(desired, live), nil
+}
+
+// prune deletes the objects Capstan owns that the render no longer contains. CRDs are
+// never pruned: deleting one deletes every object of its kind.
+func (r *MeshControlPlaneReconciler) prune(ctx context.Context, s *scope) (ctrl.Result, error) {
+	live, err := r.listOwned(ctx)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	desired := slices.Clone(s.keep)
+	for _, o := range s.desired {
+		desired = append(desired, apply.RefOf(o.Unstructured))
+	}
+	for _, ref := range apply.Prunable(desired, live, rankOf, apply.PruneOptions{KeepCRDs: true}) {
+		if err := r.deleteRef(ctx, ref); err != nil {
+			s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("pruning %s: %w", ref, err), false)
+			return ctrl.Result{}, err
+		}
+		log.FromContext(ctx).Info("pruned", "object", ref.String())
+		s.applied = append(s.applied, ref)
+	}
+	return ctrl.Result{}, nil
+}
+
+// observe reads the components' readiness into status.
+func (r *MeshControlPlaneReconciler) observe(ctx context.Context, s *scope) (ctrl.Result, error) {
+	dep := &unstructured.Unstructured{}
+	dep.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
+	cs := meshv1.ComponentStatus{Name: "istiod"}
+	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: "istiod"}, dep)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return ctrl.Result{}, err
+	default:
+		d := &appsv1.Deployment{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(dep.Object, d); err != nil {
+			return ctrl.Result{}, fmt.Errorf("reading Deployment %s/istiod: %w", s.namespace, err)
+		}
+		cs = deploymentStatus("istiod", d)
+	}
+	s.mcp.Status.Components = []meshv1.ComponentStatus{cs}
+	s.mcp.Status.Version = s.mcp.Spec.Version
+	return ctrl.Result{}, nil
+}
+
+// deploymentStatus says whether a Deployment has rolled out its current spec and has every
+// replica available.
+func deploymentStatus(name string, d *appsv1.Deployment) meshv1.ComponentStatus {
+	desired := int32(1)
+	if d.Spec.Replicas != nil {
+		desired = *d.Spec.Replicas
+	}
+	st := d.Status
+	return meshv1.ComponentStatus{
+		Name:            name,
+		DesiredReplicas: desired,
+		ReadyReplicas:   st.AvailableReplicas,
+		Ready: st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == desired &&
+			st.AvailableReplicas >= desired && st.Replicas == st.UpdatedReplicas,
+	}
+}
+
+// removeInstalled deletes everything Capstan installed, CRDs only when the resource asks.
+func (r *MeshControlPlaneReconciler) removeInstalled(ctx context.Context, s *scope) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(s.mcp, Finalizer) {
+		s.stop = true
+		return ctrl.Result{}, nil
+	}
+	live, err := r.listOwned(ctx)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	keepCRDs := s.mcp.Spec.Uninstall == nil || !s.mcp.Spec.Uninstall.RemoveCRDs
+	var errs []error
+	for _, ref := range apply.Prunable(nil, live, rankOf, apply.PruneOptions{KeepCRDs: keepCRDs}) {
+		if err := r.deleteRef(ctx, ref); err != nil {
+			errs = append(errs, fmt.Errorf("deleting %s: %w", ref, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.fail(meshv1.ReasonUninstallFailed, err, false)
+		return ctrl.Result{}, err
+	}
+	r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, meshv1.ReasonUninstalled, "Uninstall", "removed %d objects; Istio CRDs kept: %t", len(live), keepCRDs)
+	return ctrl.Result{}, nil
+}
+
+func (r *MeshControlPlaneReconciler) releaseFinalizer(ctx context.Context, s *scope) (ctrl.Result, error) {
+	patch := client.MergeFrom(s.mcp.DeepCopy())
+	controllerutil.RemoveFinalizer(s.mcp, Finalizer)
+	if err := r.Patch(ctx, s.mcp, patch); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	s.released = true
+	return ctrl.Result{}, nil
+}
+
+// listOwned lists, from the cache, every object carrying Capstan's inventory labels.
+func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Ref, error) {
+	sel := client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}
+	var refs []apply.Ref
+	for _, k := range render.Kinds {
+		if isCRD(k) {
+			l := &metav1.PartialObjectMetadataList{}
+			l.SetGroupVersionKind(k.GroupVersion().WithKind("CustomResourceDefinitionList"))
+			if err := r.List(ctx, l, sel); err != nil {
+				return nil, fmt.Errorf("listing %s: %w", k.Kind, err)
+			}
+			for i := range l.Items {
+				if apply.Owned(l.Items[i].Labels) {
+					refs = append(refs, refFor(k, &l.Items[i]))
+				}
+			}
+			continue
+		}
+		l := &unstructured.UnstructuredList{}
+		l.SetGroupVersionKind(k.GroupVersion().WithKind(k.Kind + "List"))
+		if err := r.List(ctx, l, sel); err != nil {
+			return nil, fmt.Errorf("listing %s: %w", k.Kind, err)
+		}
+		for i := range l.Items {
+			if apply.Owned(l.Items[i].GetLabels()) {
+				refs = append(refs, refFor(k, &l.Items[i]))
+			}
+		}
+	}
+	return refs, nil
+}
+
+func refFor(k render.Kind, o metav1.Object) apply.Ref {
+	ref := apply.Ref{GVK: k.GroupVersionKind}
+	ref.Namespace, ref.Name = o.GetNamespace(), o.GetName()
+	return ref
+}
+
+func (r *MeshControlPlaneReconciler) deleteRef(ctx context.Context, ref apply.Ref) error {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(ref.GVK)
+	m.SetNamespace(ref.Namespace)
+	m.SetName(ref.Name)
+	return client.IgnoreNotFound(r.Delete(ctx, m, client.PropagationPolicy(metav1.DeletePropagationBackground)))
+}
+
+func rankOf(ref apply.Ref) int { return render.Rank(ref.GVK) }
+
+// describeRefs names at most a few objects, for events and messages that stay short.
+func describeRefs(refs []apply.Ref) string {
+	const most = 5
+	names := make([]string, 0, most)
+	for i, r := range refs {
+		if i == most {
+			names = append(names, fmt.Sprintf("and %d more", len(refs)-most))
+			break
+		}
+		names = append(names, r.String())
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,86 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+)
+
+// summarize sets the conditions from what the phases did and found, and emits the events
+// that say what changed.
+func (r *MeshControlPlaneReconciler) summarize(ctx context.Context, s *scope) {
+	mcp := s.mcp
+	mcp.Status.ObservedGeneration = mcp.Generation
+	if !mcp.DeletionTimestamp.IsZero() {
+		if s.failure != nil {
+			setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionTrue, s.failure.reason, s.failure.message)
+		}
+		return
+	}
+
+	if f := s.failure; f != nil {
+		wasDegraded := meta.IsStatusConditionTrue(s.before.Status.Conditions, meshv1.ConditionDegraded)
+		setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionTrue, f.reason, f.message)
+		setCondition(mcp, meshv1.ConditionReady, metav1.ConditionFalse, f.reason, f.message)
+		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionFalse, f.reason, "stopped: "+f.message)
+		if !wasDegraded || meta.FindStatusCondition(s.before.Status.Conditions, meshv1.ConditionDegraded).Message != f.message {
+			r.Recorder.Eventf(mcp, nil, corev1.EventTypeWarning, f.reason, "Reconcile", "%s", f.message)
+		}
+		log.FromContext(ctx).Info("cannot reach the declared state", "reason", f.reason, "message", f.message)
+		return
+	}
+
+	setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionFalse, meshv1.ReasonReconciled, "every object is applied as declared")
+	var waiting []string
+	for _, c := range mcp.Status.Components {
+		if !c.Ready {
+			waiting = append(waiting, fmt.Sprintf("%s: %d/%d replicas available", c.Name, c.ReadyReplicas, c.DesiredReplicas))
+		}
+	}
+	if len(waiting) == 0 {
+		setCondition(mcp, meshv1.ConditionReady, metav1.ConditionTrue, meshv1.ReasonComponentsReady, fmt.Sprintf("Istio %s control plane is ready", mcp.Status.Version))
+		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionFalse, meshv1.ReasonComponentsReady, "rollout complete")
+	} else {
+		msg := "waiting for " + strings.Join(waiting, "; ")
+		setCondition(mcp, meshv1.ConditionReady, metav1.ConditionFalse, meshv1.ReasonComponentsNotReady, msg)
+		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionTrue, meshv1.ReasonComponentsNotReady, msg)
+	}
+	r.recordChanges(s)
+}
+
+// recordChanges emits one event for what this reconcile wrote: a first install, an
+// in-place upgrade, a spec update, or the repair of objects that drifted.
+func (r *MeshControlPlaneReconciler) recordChanges(s *scope) {
+	if len(s.applied) == 0 {
+		return
+	}
+	mcp, prev := s.mcp, s.before.Status.Version
+	switch {
+	case prev == "":
+		r.Recorder.Eventf(mcp, nil, corev1.EventTypeNormal, meshv1.ReasonInstalled, "Install", "installed Istio %s: %d objects applied", mcp.Status.Version, len(s.applied))
+	case prev != mcp.Status.Version:
+		r.Recorder.Eventf(mcp, nil, corev1.EventTypeNormal, meshv1.ReasonUpgraded, "Upgrade", "upgraded Istio in place from %s to %s: %d objects applied", prev, mcp.Status.Version, len(s.applied))
+	case len(s.repaired) > 0:
+		r.Recorder.Eventf(mcp, nil, corev1.EventTypeNormal, meshv1.ReasonDriftReverted, "RevertDrift", "restored %d objects that were changed or deleted: %s", len(s.repaired), describeRefs(s.repaired))
+	default:
+		r.Recorder.Eventf(mcp, nil, corev1.EventTypeNormal, meshv1.ReasonUpdated, "Update", "applied generation %d: %d objects changed", mcp.Generation, len(s.applied))
+	}
+}
+
+// setCondition sets a condition stamped with the generation it describes.
+func setCondition(mcp *meshv1.MeshControlPlane, typ string, status metav1.ConditionStatus, reason, message string) {
+	meta.SetStatusCondition(&mcp.Status.Conditions, metav1.Condition{
+		Type:               typ,
+		Status:             status,
+		Reason:             reason,
+		Message:            message,
+		ObservedGeneration: mcp.Generation,
+	})
+}

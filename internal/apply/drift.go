@@ -1,0 +1,133 @@
+package apply
+
+import (
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// Drifted reports whether live no longer holds what desired asks for, so that it must be
+// applied again. Fields the server or other controllers add are not drift: desired need
+// only be contained in live. Values the server rewrites to a canonical form (quantities,
+// numbers) compare by meaning, and fields Istio's control plane owns at run time are
+// skipped.
+func Drifted(desired, live *unstructured.Unstructured) bool {
+	if live == nil || MetadataDrifted(desired, live) {
+		return true
+	}
+	for k, v := range desired.Object {
+		if k == "metadata" || k == "status" {
+			continue
+		}
+		if !contains(v, live.Object[k], ignoredPaths(desired.GetKind()), k) {
+			return true
+		}
+	}
+	return false
+}
+
+// MetadataDrifted reports whether live's inventory labels or configuration hash differ from
+// desired's: the check for kinds Capstan watches as metadata only, such as CRDs, whose
+// bodies are too large to cache.
+func MetadataDrifted(desired *unstructured.Unstructured, live metav1.Object) bool {
+	if desired.GetAnnotations()[ConfigHashAnnot] != live.GetAnnotations()[ConfigHashAnnot] {
+		return true
+	}
+	for k, v := range desired.GetLabels() {
+		if live.GetLabels()[k] != v {
+			return true
+		}
+	}
+	return false
+}
+
+// ignoredPaths are fields that istiod changes after Capstan applies them (it turns the
+// validating webhook's failurePolicy from Ignore to Fail once it serves).
+func ignoredPaths(kind string) map[string]bool {
+	if kind == "ValidatingWebhookConfiguration" {
+		return map[string]bool{"webhooks[].failurePolicy": true}
+	}
+	return nil
+}
+
+func contains(want, got any, ignore map[string]bool, path string) bool {
+	if ignore[path] {
+		return true
+	}
+	switch w := want.(type) {
+	case nil:
+		return true
+	case map[string]any:
+		if len(w) == 0 {
+			return true // an empty map asks for nothing; the server may drop it
+		}
+		g, ok := got.(map[string]any)
+		if !ok {
+			return false
+		}
+		for k, wv := range w {
+			if !contains(wv, g[k], ignore, path+"."+k) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		g, ok := got.([]any)
+		if !ok {
+			return len(w) == 0 && got == nil
+		}
+		if len(w) != len(g) {
+			return false
+		}
+		for i := range w {
+			if !contains(w[i], g[i], ignore, path+"[]") {
+				return false
+			}
+		}
+		return true
+	case string:
+		g, ok := got.(string)
+		if !ok {
+			return false
+		}
+		return w == g || sameQuantity(w, g)
+	case bool:
+		g, ok := got.(bool)
+		return ok && g == w
+	default:
+		wf, wok := number(want)
+		gf, gok := number(got)
+		if wok && gok {
+			return wf == gf
+		}
+		if gs, ok := got.(string); ok && wok {
+			// int-or-string fields may come back as strings
+			q, err := resource.ParseQuantity(gs)
+			return err == nil && q.AsApproximateFloat64() == wf
+		}
+		return false
+	}
+}
+
+func sameQuantity(a, b string) bool {
+	qa, err := resource.ParseQuantity(a)
+	if err != nil {
+		return false
+	}
+	qb, err := resource.ParseQuantity(b)
+	return err == nil && qa.Cmp(qb) == 0
+}
+
+func number(v any) (float64, bool) {
+	switch n := v.(type) {
+	case int64:
+		return float64(n), true
+	case int:
+		return float64(n), true
+	case int32:
+		return float64(n), true
+	case float64:
+		return n, true
+	}
+	return 0, false
+}

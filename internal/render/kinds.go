@@ -1,0 +1,58 @@
+package render
+
+import (
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// Kind is a kind of object Istio's charts render and Capstan therefore manages: it is
+// watched for drift, listed for pruning and named in the operator's RBAC.
+type Kind struct {
+	schema.GroupVersionKind
+	Namespaced bool
+	// rank orders applies: definitions and identities before what uses them.
+	rank int
+}
+
+// Kinds is the closed list of kinds Capstan manages. A chart that renders any other kind
+// fails to render, so RBAC never needs a wildcard.
+var Kinds = []Kind{
+	{gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"), false, 0},
+	{gvk("", "v1", "Namespace"), false, 1},
+	{gvk("", "v1", "ServiceAccount"), true, 2},
+	{gvk("rbac.authorization.k8s.io", "v1", "ClusterRole"), false, 3},
+	{gvk("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"), false, 4},
+	{gvk("rbac.authorization.k8s.io", "v1", "Role"), true, 3},
+	{gvk("rbac.authorization.k8s.io", "v1", "RoleBinding"), true, 4},
+	{gvk("", "v1", "ConfigMap"), true, 5},
+	{gvk("", "v1", "Service"), true, 6},
+	{gvk("apps", "v1", "Deployment"), true, 7},
+	{gvk("autoscaling", "v2", "HorizontalPodAutoscaler"), true, 8},
+	{gvk("policy", "v1", "PodDisruptionBudget"), true, 8},
+	{gvk("networking.k8s.io", "v1", "NetworkPolicy"), true, 8},
+	{gvk("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration"), false, 9},
+	{gvk("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration"), false, 9},
+	{gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy"), false, 9},
+	{gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding"), false, 10},
+}
+
+func gvk(g, v, k string) schema.GroupVersionKind {
+	return schema.GroupVersionKind{Group: g, Version: v, Kind: k}
+}
+
+// Lookup finds a managed kind.
+func Lookup(g schema.GroupVersionKind) (Kind, bool) {
+	for _, k := range Kinds {
+		if k.GroupVersionKind == g {
+			return k, true
+		}
+	}
+	return Kind{}, false
+}
+
+// Rank orders kinds for apply: a lower rank is applied earlier and deleted later.
+func Rank(g schema.GroupVersionKind) int {
+	k, _ := Lookup(g)
+	return k.rank
+}
+
+func applyRank(o Object) int { return Rank(o.GroupVersionKind()) }

@@ -1,0 +1,189 @@
+// Package render turns Istio's charts and a set of values into Kubernetes objects with the
+// Helm v4 SDK. It renders only: no release storage and no cluster access, so a chart or
+// values error is found before anything is written.
+package render
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+
+	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/common/util"
+	"helm.sh/helm/v4/pkg/chart/loader/archive"
+	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
+	"helm.sh/helm/v4/pkg/engine"
+	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
+	"istio.io/istio/manifests"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
+)
+
+// Component is one of Istio's charts that Capstan installs.
+type Component struct {
+	// Name labels the component's objects in the inventory and names its Helm release.
+	Name string
+	// Chart is the chart's directory in istio.io/istio/manifests.
+	Chart string
+}
+
+// Components are installed in this order; later issues add gateways and CNI here.
+var (
+	Base    = Component{Name: "base", Chart: "charts/base"}
+	Istiod  = Component{Name: "istiod", Chart: "charts/istio-control/istio-discovery"}
+	Install = []Component{Base, Istiod}
+)
+
+// Object is a rendered object and the component that rendered it.
+type Object struct {
+	Component string
+	*unstructured.Unstructured
+}
+
+// Input is everything a render depends on.
+type Input struct {
+	Values    map[string]any
+	Namespace string
+	// KubeVersion is the server's version (for example v1.37.1), given to the charts as
+	// .Capabilities.KubeVersion, as helm install would.
+	KubeVersion string
+}
+
+var loadCharts = sync.OnceValues(func() (map[string]*chartv2.Chart, error) {
+	out := map[string]*chartv2.Chart{}
+	for _, c := range Install {
+		ch, err := load(manifests.BuiltinOrDir(""), c.Chart)
+		if err != nil {
+			return nil, fmt.Errorf("loading embedded chart %s: %w", c.Chart, err)
+		}
+		out[c.Name] = ch
+	}
+	return out, nil
+})
+
+// load reads one chart directory out of an fs.FS.
+func load(fsys fs.FS, dir string) (*chartv2.Chart, error) {
+	var files []*archive.BufferedFile
+	err := fs.WalkDir(fsys, dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return err
+		}
+		files = append(files, &archive.BufferedFile{Name: strings.TrimPrefix(p, dir+"/"), Data: data})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return loader.LoadFiles(files)
+}
+
+// Render renders every component with in.Values and returns the objects in apply order.
+func Render(in Input) ([]Object, error) {
+	charts, err := loadCharts()
+	if err != nil {
+		return nil, err
+	}
+	caps := common.DefaultCapabilities.Copy()
+	if in.KubeVersion != "" {
+		kv, err := common.ParseKubeVersion(in.KubeVersion)
+		if err != nil {
+			return nil, fmt.Errorf("server version %q: %w", in.KubeVersion, err)
+		}
+		caps.KubeVersion = *kv
+	}
+	var out []Object
+	for _, c := range Install {
+		objs, err := renderChart(charts[c.Name], c, in, caps)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, objs...)
+	}
+	slices.SortStableFunc(out, func(a, b Object) int { return applyRank(a) - applyRank(b) })
+	return out, nil
+}
+
+func renderChart(ch *chartv2.Chart, c Component, in Input, caps *common.Capabilities) ([]Object, error) {
+	opts := common.ReleaseOptions{Name: c.Name, Namespace: in.Namespace, Revision: 1, IsInstall: true}
+	vals, err := util.ToRenderValues(ch, copyValues(in.Values), opts, caps)
+	if err != nil {
+		return nil, fmt.Errorf("chart %s: values: %w", c.Name, err)
+	}
+	files, err := engine.Render(ch, vals)
+	if err != nil {
+		return nil, fmt.Errorf("chart %s: %w", c.Name, err)
+	}
+	names := make([]string, 0, len(files))
+	for name := range files {
+		if base := path.Base(name); strings.HasSuffix(base, ".txt") || strings.HasPrefix(base, "_") {
+			continue
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var out []Object
+	for _, name := range names {
+		docs := releaseutil.SplitManifests(files[name])
+		keys := make([]string, 0, len(docs))
+		for k := range docs {
+			keys = append(keys, k)
+		}
+		slices.SortFunc(keys, compareManifestKeys)
+		for _, k := range keys {
+			doc := bytes.TrimSpace([]byte(docs[k]))
+			if len(doc) == 0 {
+				continue
+			}
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+				return nil, fmt.Errorf("chart %s: %s: %w", c.Name, name, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			if u.GetKind() == "" || u.GetName() == "" {
+				return nil, fmt.Errorf("chart %s: %s: object without kind or name", c.Name, name)
+			}
+			kind, ok := Lookup(u.GroupVersionKind())
+			if !ok {
+				return nil, fmt.Errorf("chart %s: %s renders %s %q, a kind Capstan does not manage", c.Name, name, u.GroupVersionKind(), u.GetName())
+			}
+			if kind.Namespaced && u.GetNamespace() == "" {
+				u.SetNamespace(in.Namespace)
+			}
+			if !kind.Namespaced {
+				u.SetNamespace("")
+			}
+			out = append(out, Object{Component: c.Name, Unstructured: u})
+		}
+	}
+	return out, nil
+}
+
+// compareManifestKeys orders SplitManifests' "manifest-N" keys numerically, keeping the
+// documents of one template in their written order.
+func compareManifestKeys(a, b string) int {
+	if len(a) != len(b) {
+		return len(a) - len(b)
+	}
+	return strings.Compare(a, b)
+}
+
+func copyValues(v map[string]any) map[string]any {
+	if v == nil {
+		return map[string]any{}
+	}
+	// Helm merges chart defaults into the map it is given; render from a copy so the
+	// caller's values stay as they were.
+	return runtime.DeepCopyJSON(v)
+}

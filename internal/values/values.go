@@ -1,0 +1,174 @@
+// Package values turns a MeshControlPlane spec into the Helm values of Istio's charts.
+// It is pure: no client, no clock.
+package values
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/version"
+)
+
+// DefaultHub is the registry Istio publishes its release images to.
+const DefaultHub = "docker.io/istio"
+
+// Values are Helm values, shared by every chart of one control plane.
+type Values = map[string]any
+
+// FieldError is a values problem tied to the spec field that caused it, so the condition
+// message can tell the user what to fix.
+type FieldError struct {
+	Field  string
+	Detail string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Detail }
+
+// For builds the chart values for spec. Raw spec.values come first; the typed fields are
+// merged over them, so a typed field always wins.
+func For(spec *meshv1.MeshControlPlaneSpec) (Values, error) {
+	v := Values{}
+	if spec.Values != nil && len(spec.Values.Raw) > 0 {
+		if err := json.Unmarshal(spec.Values.Raw, &v); err != nil {
+			return nil, &FieldError{Field: "spec.values", Detail: fmt.Sprintf("not a JSON object: %v", err)}
+		}
+		if v == nil {
+			v = Values{}
+		}
+	}
+	ver := spec.Version
+	if ver == "" {
+		ver = version.Embedded
+	}
+	if err := version.Supported(ver); err != nil {
+		return nil, &FieldError{Field: "spec.version", Detail: err.Error()}
+	}
+	ns := spec.Namespace
+	if ns == "" {
+		ns = "istio-system"
+	}
+
+	global := Values{
+		"istioNamespace": ns,
+		"tag":            ver,
+	}
+	if hub, _ := nested(v, "global", "hub").(string); hub == "" {
+		global["hub"] = DefaultHub
+	}
+	typed := Values{"global": global}
+
+	switch spec.Profile {
+	case "", "default", "minimal":
+		// Capstan installs only base and istiod, which is all "minimal" adds to "default";
+		// the charts have no profile file for either.
+	case "openshift":
+		global["platform"] = "openshift"
+	default:
+		typed["profile"] = spec.Profile
+	}
+
+	if c := spec.Components; c != nil && c.Pilot != nil {
+		pilot, err := pilotValues(c.Pilot)
+		if err != nil {
+			return nil, err
+		}
+		typed["pilot"] = pilot
+	}
+	if m := spec.MeshConfig; m != nil {
+		typed["meshConfig"] = meshConfigValues(m)
+	}
+	return loader.MergeMaps(v, typed), nil
+}
+
+func pilotValues(p *meshv1.PilotSpec) (Values, error) {
+	out := Values{}
+	switch {
+	case p.Replicas != nil:
+		out["autoscaleEnabled"] = false
+		out["replicaCount"] = int64(*p.Replicas)
+	case p.Autoscale != nil:
+		out["autoscaleEnabled"] = true
+		out["autoscaleMin"] = int64(p.Autoscale.Min)
+		out["autoscaleMax"] = int64(p.Autoscale.Max)
+		if p.Autoscale.TargetCPUUtilizationPercentage > 0 {
+			out["cpu"] = Values{"targetAverageUtilization": int64(p.Autoscale.TargetCPUUtilizationPercentage)}
+		}
+	}
+	if p.Resources != nil {
+		r, err := toValues(p.Resources)
+		if err != nil {
+			return nil, &FieldError{Field: "spec.components.pilot.resources", Detail: err.Error()}
+		}
+		out["resources"] = r
+	}
+	if len(p.Env) > 0 {
+		env := Values{}
+		for k, val := range p.Env {
+			env[k] = val
+		}
+		out["env"] = env
+	}
+	if len(p.NodeSelector) > 0 {
+		out["nodeSelector"] = toAnyMap(p.NodeSelector)
+	}
+	if len(p.Tolerations) > 0 {
+		t, err := toValues(p.Tolerations)
+		if err != nil {
+			return nil, &FieldError{Field: "spec.components.pilot.tolerations", Detail: err.Error()}
+		}
+		out["tolerations"] = t
+	}
+	return out, nil
+}
+
+func meshConfigValues(m *meshv1.MeshConfigSpec) Values {
+	out := Values{}
+	if m.AccessLogFile != nil {
+		out["accessLogFile"] = *m.AccessLogFile
+	}
+	if m.AccessLogEncoding != "" {
+		out["accessLogEncoding"] = m.AccessLogEncoding
+	}
+	if m.TrustDomain != "" {
+		out["trustDomain"] = m.TrustDomain
+	}
+	if m.OutboundTrafficPolicy != nil {
+		out["outboundTrafficPolicy"] = Values{"mode": m.OutboundTrafficPolicy.Mode}
+	}
+	return out
+}
+
+// toValues round-trips a typed value through JSON into plain maps and slices, the shape
+// Helm templates expect.
+func toValues(in any) (any, error) {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	var out any
+	return out, json.Unmarshal(b, &out)
+}
+
+func toAnyMap(in map[string]string) Values {
+	out := make(Values, len(in))
+	for k, v := range maps.All(in) {
+		out[k] = v
+	}
+	return out
+}
+
+func nested(v Values, path ...string) any {
+	var cur any = v
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[p]
+	}
+	return cur
+}
