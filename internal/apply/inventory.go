@@ -57,15 +57,26 @@ func Stamp(u *unstructured.Unstructured, component, revision string) {
 	u.SetLabels(labels)
 
 	annotations := u.GetAnnotations()
-	delete(annotations, ConfigHashAnnot)
-	u.SetAnnotations(annotations)
-	b, _ := json.Marshal(u.Object) // the object came from JSON, so it marshals
-	sum := sha256.Sum256(b)
 	if annotations == nil {
 		annotations = map[string]string{}
 	}
-	annotations[ConfigHashAnnot] = hex.EncodeToString(sum[:12])
+	annotations[ConfigHashAnnot] = configHash(u)
 	u.SetAnnotations(annotations)
+}
+
+// configHash digests an object without its own hash annotation.
+func configHash(u *unstructured.Unstructured) string {
+	c := u.DeepCopy()
+	annotations := c.GetAnnotations()
+	delete(annotations, ConfigHashAnnot)
+	if len(annotations) == 0 {
+		unstructured.RemoveNestedField(c.Object, "metadata", "annotations")
+	} else {
+		c.SetAnnotations(annotations)
+	}
+	b, _ := json.Marshal(c.Object) // the object came from JSON, so it marshals
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
 }
 
 // dropRuntimeOwnedFields removes rendered fields whose live value istiod owns: the webhook

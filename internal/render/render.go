@@ -144,12 +144,17 @@ func renderChart(ch *chartv2.Chart, c Component, in Input, caps *common.Capabili
 			if len(doc) == 0 {
 				continue
 			}
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+			js, err := yaml.YAMLToJSON(doc)
+			if err != nil {
 				return nil, fmt.Errorf("chart %s: %s: %w", c.Name, name, err)
 			}
-			if len(u.Object) == 0 {
-				continue
+			if string(js) == "null" || string(js) == "{}" {
+				continue // a template that rendered only comments
+			}
+			// UnmarshalJSON keeps integers as int64, as the apiserver's own objects have them.
+			u := &unstructured.Unstructured{}
+			if err := u.UnmarshalJSON(js); err != nil {
+				return nil, fmt.Errorf("chart %s: %s: %w", c.Name, name, err)
 			}
 			if u.GetKind() == "" || u.GetName() == "" {
 				return nil, fmt.Errorf("chart %s: %s: object without kind or name", c.Name, name)

@@ -1,0 +1,207 @@
+package apply
+
+import (
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/yaml"
+)
+
+func obj(t *testing.T, y string) *unstructured.Unstructured {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte(y), &u.Object); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+const deployment = `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers:
+      - name: discovery
+        image: docker.io/istio/pilot:1.31.1
+        resources: {requests: {cpu: 500m, memory: 2048Mi}}
+        env: []
+`
+
+func TestDrifted(t *testing.T) {
+	desired := obj(t, deployment)
+	Stamp(desired, "istiod", DefaultRevision)
+	hash := desired.GetAnnotations()[ConfigHashAnnot]
+	live := func(body string) *unstructured.Unstructured {
+		u := obj(t, body)
+		u.SetLabels(desired.GetLabels())
+		u.SetAnnotations(map[string]string{ConfigHashAnnot: hash, "deployment.kubernetes.io/revision": "3"})
+		return u
+	}
+	tests := map[string]struct {
+		live *unstructured.Unstructured
+		want bool
+	}{
+		"missing": {nil, true},
+		"as applied, with server defaults and canonical quantities": {live(`
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  replicas: 1
+  progressDeadlineSeconds: 600
+  template:
+    spec:
+      containers:
+      - name: discovery
+        image: docker.io/istio/pilot:1.31.1
+        imagePullPolicy: IfNotPresent
+        resources: {requests: {cpu: 500m, memory: 2Gi}}
+status: {replicas: 1}
+`), false},
+		"image edited": {live(`
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  replicas: 1
+  template: {spec: {containers: [{name: discovery, image: other, resources: {requests: {cpu: 500m, memory: 2Gi}}}]}}
+`), true},
+		"replicas scaled by hand": {live(`
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  replicas: 4
+  template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}}]}}
+`), true},
+		"a container added": {live(`
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  replicas: 1
+  template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}}, {name: extra, image: x}]}}
+`), true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := Drifted(desired, tc.live); got != tc.want {
+				t.Errorf("Drifted = %t, want %t", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDriftedOnMetadata(t *testing.T) {
+	desired := obj(t, `{apiVersion: v1, kind: ConfigMap, metadata: {name: istio, namespace: istio-system}, data: {mesh: "a: 1"}}`)
+	Stamp(desired, "istiod", DefaultRevision)
+	tests := map[string]struct {
+		mutate func(*unstructured.Unstructured)
+		want   bool
+	}{
+		"unchanged":             {func(*unstructured.Unstructured) {}, false},
+		"inventory label gone":  {func(u *unstructured.Unstructured) { u.SetLabels(map[string]string{ManagedByLabel: ManagedByValue}) }, true},
+		"hash of an older spec": {func(u *unstructured.Unstructured) { u.SetAnnotations(map[string]string{ConfigHashAnnot: "old"}) }, true},
+		"data edited":           {func(u *unstructured.Unstructured) { _ = unstructured.SetNestedField(u.Object, "a: 2", "data", "mesh") }, true},
+		"a key added by someone else": {func(u *unstructured.Unstructured) {
+			_ = unstructured.SetNestedField(u.Object, "x", "data", "extra")
+		}, false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			live := desired.DeepCopy()
+			tc.mutate(live)
+			if got := Drifted(desired, live); got != tc.want {
+				t.Errorf("Drifted = %t, want %t", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestStampLeavesIstiodsWebhookFieldsAlone(t *testing.T) {
+	u := obj(t, `
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: istio-validator-istio-system}
+webhooks:
+- name: rev.validation.istio.io
+  failurePolicy: Ignore
+  clientConfig: {caBundle: "", service: {name: istiod, namespace: istio-system}}
+`)
+	Stamp(u, "istiod", DefaultRevision)
+	hooks, _, _ := unstructured.NestedSlice(u.Object, "webhooks")
+	cc := hooks[0].(map[string]any)["clientConfig"].(map[string]any)
+	if _, ok := cc["caBundle"]; ok {
+		t.Error("an empty caBundle is applied, which would take istiod's CA bundle back")
+	}
+	// istiod turns Ignore into Fail once it serves; that is not drift to revert.
+	live := u.DeepCopy()
+	lh, _, _ := unstructured.NestedSlice(live.Object, "webhooks")
+	lh[0].(map[string]any)["failurePolicy"] = "Fail"
+	lh[0].(map[string]any)["clientConfig"].(map[string]any)["caBundle"] = "LS0t"
+	_ = unstructured.SetNestedSlice(live.Object, lh, "webhooks")
+	if Drifted(u, live) {
+		t.Error("istiod's own webhook updates were taken for drift")
+	}
+}
+
+func TestStampIsStable(t *testing.T) {
+	a, b := obj(t, deployment), obj(t, deployment)
+	Stamp(a, "istiod", "default")
+	Stamp(b, "istiod", "default")
+	Stamp(b, "istiod", "default") // stamping twice must not change the hash
+	if a.GetAnnotations()[ConfigHashAnnot] != b.GetAnnotations()[ConfigHashAnnot] {
+		t.Error("the configuration hash depends on more than the object")
+	}
+	c := obj(t, deployment)
+	_ = unstructured.SetNestedField(c.Object, int64(2), "spec", "replicas")
+	Stamp(c, "istiod", "default")
+	if a.GetAnnotations()[ConfigHashAnnot] == c.GetAnnotations()[ConfigHashAnnot] {
+		t.Error("a different object has the same hash")
+	}
+}
+
+func ref(kind, ns, name string) Ref {
+	g := map[string]string{"CustomResourceDefinition": "apiextensions.k8s.io", "Deployment": "apps", "MutatingWebhookConfiguration": "admissionregistration.k8s.io"}[kind]
+	return Ref{GVK: schema.GroupVersionKind{Group: g, Version: "v1", Kind: kind}, NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}
+}
+
+func TestPrunable(t *testing.T) {
+	rank := func(r Ref) int {
+		return map[string]int{"CustomResourceDefinition": 0, "ConfigMap": 5, "Deployment": 7, "MutatingWebhookConfiguration": 9}[r.GVK.Kind]
+	}
+	cm, dep, hook, crd := ref("ConfigMap", "istio-system", "istio"), ref("Deployment", "istio-system", "istiod"), ref("MutatingWebhookConfiguration", "", "inj"), ref("CustomResourceDefinition", "", "x.istio.io")
+	tests := map[string]struct {
+		desired, live []Ref
+		opts          PruneOptions
+		want          []Ref
+	}{
+		"nothing to prune when live matches the render": {desired: []Ref{cm, dep}, live: []Ref{cm, dep}, want: nil},
+		"an object the render dropped is pruned":        {desired: []Ref{dep}, live: []Ref{cm, dep}, want: []Ref{cm}},
+		"same name in another namespace is a different object": {
+			desired: []Ref{cm}, live: []Ref{ref("ConfigMap", "old-ns", "istio")}, want: []Ref{ref("ConfigMap", "old-ns", "istio")},
+		},
+		"CRDs are kept unless asked":        {desired: nil, live: []Ref{crd, cm}, opts: PruneOptions{KeepCRDs: true}, want: []Ref{cm}},
+		"CRDs go when asked, deleted last":  {desired: nil, live: []Ref{crd, cm}, want: []Ref{cm, crd}},
+		"webhooks go before their backends": {desired: nil, live: []Ref{cm, dep, hook}, want: []Ref{hook, dep, cm}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got := Prunable(tc.desired, tc.live, rank, tc.opts)
+			if len(got) != len(tc.want) {
+				t.Fatalf("Prunable = %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("Prunable = %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}

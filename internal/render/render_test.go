@@ -1,0 +1,123 @@
+package render
+
+import (
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/values"
+)
+
+func renderSpec(t *testing.T, spec meshv1.MeshControlPlaneSpec) []Object {
+	t.Helper()
+	v, err := values.For(&spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := spec.Namespace
+	if ns == "" {
+		ns = "istio-system"
+	}
+	objs, err := Render(Input{Values: v, Namespace: ns, KubeVersion: "v1.37.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func find(objs []Object, kind, name string) *unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			return o.Unstructured
+		}
+	}
+	return nil
+}
+
+func TestRenderDefaultControlPlane(t *testing.T) {
+	objs := renderSpec(t, meshv1.MeshControlPlaneSpec{})
+	counts := map[string]int{}
+	for _, o := range objs {
+		counts[o.Component]++
+		k, ok := Lookup(o.GroupVersionKind())
+		if !ok {
+			t.Fatalf("%s is not a managed kind", o.GroupVersionKind())
+		}
+		if k.Namespaced != (o.GetNamespace() != "") {
+			t.Errorf("%s %s: namespace %q for namespaced=%t", o.GetKind(), o.GetName(), o.GetNamespace(), k.Namespaced)
+		}
+		if k.Namespaced && o.GetNamespace() != "istio-system" {
+			t.Errorf("%s %s rendered into %q", o.GetKind(), o.GetName(), o.GetNamespace())
+		}
+	}
+	if counts["base"] < 15 || counts["istiod"] < 15 {
+		t.Errorf("rendered %v objects per chart; want Istio's CRDs from base and the istiod control plane", counts)
+	}
+	d := find(objs, "Deployment", "istiod")
+	if d == nil {
+		t.Fatal("no istiod Deployment")
+	}
+	img, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+	if got := img[0].(map[string]any)["image"]; got != "docker.io/istio/pilot:1.31.1" {
+		t.Errorf("istiod image = %v", got)
+	}
+	if find(objs, "HorizontalPodAutoscaler", "istiod") == nil {
+		t.Error("Istio's default autoscaler missing")
+	}
+}
+
+func TestRenderOrdersDefinitionsFirstAndWebhooksLast(t *testing.T) {
+	objs := renderSpec(t, meshv1.MeshControlPlaneSpec{})
+	last := -1
+	for _, o := range objs {
+		r := applyRank(o)
+		if r < last {
+			t.Fatalf("%s %s (rank %d) comes after rank %d", o.GetKind(), o.GetName(), r, last)
+		}
+		last = r
+	}
+	if objs[0].GetKind() != "CustomResourceDefinition" || !strings.HasSuffix(objs[len(objs)-1].GetKind(), "WebhookConfiguration") {
+		t.Errorf("order starts with %s and ends with %s", objs[0].GetKind(), objs[len(objs)-1].GetKind())
+	}
+}
+
+func TestRenderFollowsTheSpec(t *testing.T) {
+	replicas := int32(3)
+	objs := renderSpec(t, meshv1.MeshControlPlaneSpec{
+		Namespace:  "mesh",
+		Version:    "1.31.3",
+		Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: &replicas}},
+	})
+	d := find(objs, "Deployment", "istiod")
+	if got, _, _ := unstructured.NestedInt64(d.Object, "spec", "replicas"); got != 3 {
+		t.Errorf("replicas = %d, want 3", got)
+	}
+	if d.GetNamespace() != "mesh" {
+		t.Errorf("namespace = %q", d.GetNamespace())
+	}
+	if find(objs, "HorizontalPodAutoscaler", "istiod") != nil {
+		t.Error("an autoscaler is rendered although replicas are fixed")
+	}
+	if find(objs, "MutatingWebhookConfiguration", "istio-sidecar-injector-mesh") == nil {
+		t.Error("no injection webhook for the mesh namespace")
+	}
+}
+
+func TestRenderReportsChartErrors(t *testing.T) {
+	_, err := Render(Input{Values: map[string]any{"profile": "no-such-profile"}, Namespace: "istio-system"})
+	if err == nil || !strings.Contains(err.Error(), "no-such-profile") {
+		t.Fatalf("want the chart's unknown-profile error, got %v", err)
+	}
+}
+
+func TestRenderDoesNotChangeItsInput(t *testing.T) {
+	in := map[string]any{"global": map[string]any{"tag": "1.31.1"}}
+	if _, err := Render(Input{Values: in, Namespace: "istio-system"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(in) != 1 || len(in["global"].(map[string]any)) != 1 {
+		t.Errorf("render merged chart defaults into its input: %v", in)
+	}
+}

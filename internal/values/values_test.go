@@ -1,0 +1,150 @@
+package values
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/utils/ptr"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+)
+
+func TestFor(t *testing.T) {
+	tests := map[string]struct {
+		spec meshv1.MeshControlPlaneSpec
+		// want maps a dotted path to the value it must hold; nil means absent.
+		want map[string]any
+	}{
+		"defaults give the embedded version from Istio's release hub": {
+			spec: meshv1.MeshControlPlaneSpec{},
+			want: map[string]any{"global.tag": "1.31.1", "global.hub": DefaultHub, "global.istioNamespace": "istio-system", "profile": nil},
+		},
+		"the image tag follows spec.version": {
+			spec: meshv1.MeshControlPlaneSpec{Version: "1.31.4", Namespace: "mesh"},
+			want: map[string]any{"global.tag": "1.31.4", "global.istioNamespace": "mesh"},
+		},
+		"fixed replicas turn autoscaling off": {
+			spec: meshv1.MeshControlPlaneSpec{Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](3)}}},
+			want: map[string]any{"pilot.autoscaleEnabled": false, "pilot.replicaCount": int64(3)},
+		},
+		"autoscale bounds map to the chart's keys": {
+			spec: meshv1.MeshControlPlaneSpec{Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Autoscale: &meshv1.AutoscaleSpec{Min: 2, Max: 7, TargetCPUUtilizationPercentage: 60}}}},
+			want: map[string]any{"pilot.autoscaleEnabled": true, "pilot.autoscaleMin": int64(2), "pilot.autoscaleMax": int64(7), "pilot.cpu.targetAverageUtilization": int64(60)},
+		},
+		"resources, env, node selector and tolerations pass through": {
+			spec: meshv1.MeshControlPlaneSpec{Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{
+				Resources:    &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m")}},
+				Env:          map[string]string{"PILOT_DEBOUNCE_AFTER": "200ms"},
+				NodeSelector: map[string]string{"role": "infra"},
+				Tolerations:  []corev1.Toleration{{Key: "infra", Operator: corev1.TolerationOpExists}},
+			}}},
+			want: map[string]any{
+				"pilot.resources.requests.cpu":   "250m",
+				"pilot.env.PILOT_DEBOUNCE_AFTER": "200ms",
+				"pilot.nodeSelector.role":        "infra",
+				"pilot.tolerations":              []any{map[string]any{"key": "infra", "operator": "Exists"}},
+			},
+		},
+		"the typed mesh config subset": {
+			spec: meshv1.MeshControlPlaneSpec{MeshConfig: &meshv1.MeshConfigSpec{
+				AccessLogFile: ptr.To("/dev/stdout"), AccessLogEncoding: "JSON", TrustDomain: "corp.example",
+				OutboundTrafficPolicy: &meshv1.OutboundTrafficPolicy{Mode: "REGISTRY_ONLY"},
+			}},
+			want: map[string]any{"meshConfig.accessLogFile": "/dev/stdout", "meshConfig.accessLogEncoding": "JSON", "meshConfig.trustDomain": "corp.example", "meshConfig.outboundTrafficPolicy.mode": "REGISTRY_ONLY"},
+		},
+		"profiles: openshift is a platform, demo a chart profile, minimal needs none": {
+			spec: meshv1.MeshControlPlaneSpec{Profile: "openshift"},
+			want: map[string]any{"global.platform": "openshift", "profile": nil},
+		},
+		"demo profile": {
+			spec: meshv1.MeshControlPlaneSpec{Profile: "demo"},
+			want: map[string]any{"profile": "demo"},
+		},
+		"minimal profile": {
+			spec: meshv1.MeshControlPlaneSpec{Profile: "minimal"},
+			want: map[string]any{"profile": nil},
+		},
+		"raw values fill what the typed fields leave": {
+			spec: meshv1.MeshControlPlaneSpec{Values: raw(`{"pilot":{"traceSampling":5},"global":{"hub":"registry.corp/istio","logging":{"level":"default:debug"}}}`)},
+			want: map[string]any{"pilot.traceSampling": float64(5), "global.hub": "registry.corp/istio", "global.logging.level": "default:debug", "global.tag": "1.31.1"},
+		},
+		"typed fields win over raw values": {
+			spec: meshv1.MeshControlPlaneSpec{
+				Version:    "1.31.2",
+				Values:     raw(`{"global":{"tag":"9.9.9","istioNamespace":"elsewhere"},"pilot":{"replicaCount":9,"autoscaleEnabled":true}}`),
+				Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](2)}},
+			},
+			want: map[string]any{"global.tag": "1.31.2", "global.istioNamespace": "istio-system", "pilot.replicaCount": int64(2), "pilot.autoscaleEnabled": false},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := For(&tc.spec)
+			if err != nil {
+				t.Fatalf("For: %v", err)
+			}
+			for path, want := range tc.want {
+				if v := lookup(got, path); !reflect.DeepEqual(v, want) {
+					t.Errorf("%s = %#v, want %#v", path, v, want)
+				}
+			}
+		})
+	}
+}
+
+func TestForRejects(t *testing.T) {
+	tests := map[string]struct {
+		spec  meshv1.MeshControlPlaneSpec
+		field string
+	}{
+		"a version of another minor release": {spec: meshv1.MeshControlPlaneSpec{Version: "1.30.2"}, field: "spec.version"},
+		"an unknown future version":          {spec: meshv1.MeshControlPlaneSpec{Version: "1.99.0"}, field: "spec.version"},
+		"a malformed version":                {spec: meshv1.MeshControlPlaneSpec{Version: "latest"}, field: "spec.version"},
+		"raw values that are not an object":  {spec: meshv1.MeshControlPlaneSpec{Values: raw(`[1,2]`)}, field: "spec.values"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := For(&tc.spec)
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("want a FieldError, got %v", err)
+			}
+			if fe.Field != tc.field {
+				t.Errorf("field = %q, want %q (%v)", fe.Field, tc.field, err)
+			}
+		})
+	}
+}
+
+func TestForDoesNotChangeTheSpec(t *testing.T) {
+	spec := meshv1.MeshControlPlaneSpec{Values: raw(`{"global":{"tag":"x"}}`)}
+	if _, err := For(&spec); err != nil {
+		t.Fatal(err)
+	}
+	if string(spec.Values.Raw) != `{"global":{"tag":"x"}}` {
+		t.Errorf("spec.values changed to %s", spec.Values.Raw)
+	}
+}
+
+func raw(s string) *apiextensionsv1.JSON { return &apiextensionsv1.JSON{Raw: []byte(s)} }
+
+func lookup(v map[string]any, path string) any {
+	var cur any = v
+	start := 0
+	for i := 0; i <= len(path); i++ {
+		if i < len(path) && path[i] != '.' {
+			continue
+		}
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[path[start:i]]
+		start = i + 1
+	}
+	return cur
+}
