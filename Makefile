@@ -47,7 +47,7 @@ test: test-unit test-integration test-e2e ## Run every test: unit, envtest integ
 
 .PHONY: test-unit
 test-unit: ## Unit tests: pure planning, values, rendering, drift and prune decisions.
-	go test $(GO_TEST_FLAGS) ./api/... ./internal/...
+	go test $(GO_TEST_FLAGS) ./api/... ./internal/... ./test/bench/... ./test/harness/...
 
 .PHONY: test-integration
 test-integration: tools ## The controller against a real kube-apiserver and etcd (envtest).
