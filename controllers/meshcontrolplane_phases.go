@@ -140,18 +140,21 @@ func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *sco
 // apiserver rejects stops the change before any of it is written.
 func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
-	specUnchanged := s.mcp.Status.ObservedGeneration == s.mcp.Generation && s.mcp.Status.Version != ""
+	installed := s.mcp.Status.Version != ""
 	var changed []*unstructured.Unstructured
+	repair := map[apply.Ref]bool{}
 	for _, o := range s.desired {
-		drifted, err := r.drifted(ctx, o.Unstructured)
+		d, err := r.drifted(ctx, o.Unstructured)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		if drifted {
-			changed = append(changed, o.Unstructured)
+		if d == apply.InSync {
+			continue
 		}
+		changed = append(changed, o.Unstructured)
+		repair[apply.RefOf(o.Unstructured)] = d == apply.Modified || (d == apply.Missing && installed)
 	}
-	if s.mcp.Status.Version != "" && len(changed) > 1 {
+	if installed && len(changed) > 1 {
 		for _, o := range changed {
 			if err := r.applyOne(ctx, o.DeepCopy(), client.DryRunAll); err != nil {
 				return r.applyFailed(s, o, err)
@@ -169,7 +172,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 		}
 		logger.V(1).Info("applied", "object", ref.String())
 		s.applied = append(s.applied, ref)
-		if specUnchanged {
+		if repair[ref] {
 			s.repaired = append(s.repaired, ref)
 		}
 	}
@@ -203,22 +206,25 @@ func (r *MeshControlPlaneReconciler) applyFailed(s *scope, o *unstructured.Unstr
 }
 
 // drifted compares a desired object with Capstan's cached copy of it.
-func (r *MeshControlPlaneReconciler) drifted(ctx context.Context, desired *unstructured.Unstructured) (bool, error) {
+func (r *MeshControlPlaneReconciler) drifted(ctx context.Context, desired *unstructured.Unstructured) (apply.Drift, error) {
 	key := client.ObjectKeyFromObject(desired)
 	if desired.GetKind() == "CustomResourceDefinition" {
 		live := crdMetadata()
 		if err := r.Get(ctx, key, live); err != nil {
-			return true, client.IgnoreNotFound(err)
+			return apply.Missing, client.IgnoreNotFound(err)
 		}
-		applied, known := r.crdGenerations.Load(key.Name)
-		return apply.MetadataDrifted(desired, live) || (known && applied.(int64) != live.Generation), nil
+		d := apply.MetadataDrift(desired, live)
+		if applied, known := r.crdGenerations.Load(key.Name); d == apply.InSync && known && applied.(int64) != live.Generation {
+			d = apply.Modified
+		}
+		return d, nil
 	}
 	live := &unstructured.Unstructured{}
 	live.SetGroupVersionKind(desired.GroupVersionKind())
 	if err := r.Get(ctx, key, live); err != nil {
-		return true, client.IgnoreNotFound(err)
+		return apply.Missing, client.IgnoreNotFound(err)
 	}
-	return apply.Drifted(desired, live), nil
+	return apply.Compare(desired, live), nil
 }
 
 // prune deletes the objects Capstan owns that the render no longer contains. CRDs are

@@ -33,7 +33,7 @@ spec:
         env: []
 `
 
-func TestDrifted(t *testing.T) {
+func TestCompare(t *testing.T) {
 	desired := obj(t, deployment)
 	Stamp(desired, "istiod", DefaultRevision)
 	hash := desired.GetAnnotations()[ConfigHashAnnot]
@@ -45,9 +45,9 @@ func TestDrifted(t *testing.T) {
 	}
 	tests := map[string]struct {
 		live *unstructured.Unstructured
-		want bool
+		want Drift
 	}{
-		"missing": {nil, true},
+		"missing": {nil, Missing},
 		"as applied, with server defaults and canonical quantities": {live(`
 apiVersion: apps/v1
 kind: Deployment
@@ -63,7 +63,7 @@ spec:
         imagePullPolicy: IfNotPresent
         resources: {requests: {cpu: 500m, memory: 2Gi}}
 status: {replicas: 1}
-`), false},
+`), InSync},
 		"image edited": {live(`
 apiVersion: apps/v1
 kind: Deployment
@@ -71,7 +71,7 @@ metadata: {name: istiod, namespace: istio-system}
 spec:
   replicas: 1
   template: {spec: {containers: [{name: discovery, image: other, resources: {requests: {cpu: 500m, memory: 2Gi}}}]}}
-`), true},
+`), Modified},
 		"replicas scaled by hand": {live(`
 apiVersion: apps/v1
 kind: Deployment
@@ -79,7 +79,7 @@ metadata: {name: istiod, namespace: istio-system}
 spec:
   replicas: 4
   template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}}]}}
-`), true},
+`), Modified},
 		"a container added": {live(`
 apiVersion: apps/v1
 kind: Deployment
@@ -87,38 +87,38 @@ metadata: {name: istiod, namespace: istio-system}
 spec:
   replicas: 1
   template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}}, {name: extra, image: x}]}}
-`), true},
+`), Modified},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := Drifted(desired, tc.live); got != tc.want {
-				t.Errorf("Drifted = %t, want %t", got, tc.want)
+			if got := Compare(desired, tc.live); got != tc.want {
+				t.Errorf("Compare = %d, want %d", got, tc.want)
 			}
 		})
 	}
 }
 
-func TestDriftedOnMetadata(t *testing.T) {
+func TestCompareOnMetadata(t *testing.T) {
 	desired := obj(t, `{apiVersion: v1, kind: ConfigMap, metadata: {name: istio, namespace: istio-system}, data: {mesh: "a: 1"}}`)
 	Stamp(desired, "istiod", DefaultRevision)
 	tests := map[string]struct {
 		mutate func(*unstructured.Unstructured)
-		want   bool
+		want   Drift
 	}{
-		"unchanged":             {func(*unstructured.Unstructured) {}, false},
-		"inventory label gone":  {func(u *unstructured.Unstructured) { u.SetLabels(map[string]string{ManagedByLabel: ManagedByValue}) }, true},
-		"hash of an older spec": {func(u *unstructured.Unstructured) { u.SetAnnotations(map[string]string{ConfigHashAnnot: "old"}) }, true},
-		"data edited":           {func(u *unstructured.Unstructured) { _ = unstructured.SetNestedField(u.Object, "a: 2", "data", "mesh") }, true},
+		"unchanged":             {func(*unstructured.Unstructured) {}, InSync},
+		"inventory label gone":  {func(u *unstructured.Unstructured) { u.SetLabels(map[string]string{ManagedByLabel: ManagedByValue}) }, Modified},
+		"hash of an older spec": {func(u *unstructured.Unstructured) { u.SetAnnotations(map[string]string{ConfigHashAnnot: "old"}) }, Outdated},
+		"data edited":           {func(u *unstructured.Unstructured) { _ = unstructured.SetNestedField(u.Object, "a: 2", "data", "mesh") }, Modified},
 		"a key added by someone else": {func(u *unstructured.Unstructured) {
 			_ = unstructured.SetNestedField(u.Object, "x", "data", "extra")
-		}, false},
+		}, InSync},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			live := desired.DeepCopy()
 			tc.mutate(live)
-			if got := Drifted(desired, live); got != tc.want {
-				t.Errorf("Drifted = %t, want %t", got, tc.want)
+			if got := Compare(desired, live); got != tc.want {
+				t.Errorf("Compare = %d, want %d", got, tc.want)
 			}
 		})
 	}
@@ -146,7 +146,7 @@ webhooks:
 	lh[0].(map[string]any)["failurePolicy"] = "Fail"
 	lh[0].(map[string]any)["clientConfig"].(map[string]any)["caBundle"] = "LS0t"
 	_ = unstructured.SetNestedSlice(live.Object, lh, "webhooks")
-	if Drifted(u, live) {
+	if Compare(u, live) != InSync {
 		t.Error("istiod's own webhook updates were taken for drift")
 	}
 }

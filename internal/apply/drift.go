@@ -6,39 +6,57 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
-// Drifted reports whether live no longer holds what desired asks for, so that it must be
-// applied again. Fields the server or other controllers add are not drift: desired need
+// Drift is how a live object differs from what Capstan wants it to be.
+type Drift int
+
+const (
+	// InSync: nothing to apply.
+	InSync Drift = iota
+	// Missing: the object does not exist.
+	Missing
+	// Outdated: the object holds an earlier desired state (its configuration hash differs):
+	// the spec or the charts changed.
+	Outdated
+	// Modified: the object holds the current desired state, but someone changed it since.
+	Modified
+)
+
+// Compare says whether live still holds what desired asks for, so that it must be applied
+// again, and why. Fields the server or other controllers add are not drift: desired need
 // only be contained in live. Values the server rewrites to a canonical form (quantities,
 // numbers) compare by meaning, and fields Istio's control plane owns at run time are
 // skipped.
-func Drifted(desired, live *unstructured.Unstructured) bool {
-	if live == nil || MetadataDrifted(desired, live) {
-		return true
+func Compare(desired, live *unstructured.Unstructured) Drift {
+	if live == nil {
+		return Missing
+	}
+	if d := MetadataDrift(desired, live); d != InSync {
+		return d
 	}
 	for k, v := range desired.Object {
 		if k == "metadata" || k == "status" {
 			continue
 		}
 		if !contains(v, live.Object[k], ignoredPaths(desired.GetKind()), k) {
-			return true
+			return Modified
 		}
 	}
-	return false
+	return InSync
 }
 
-// MetadataDrifted reports whether live's inventory labels or configuration hash differ from
-// desired's: the check for kinds Capstan watches as metadata only, such as CRDs, whose
-// bodies are too large to cache.
-func MetadataDrifted(desired *unstructured.Unstructured, live metav1.Object) bool {
+// MetadataDrift compares only the configuration hash and the inventory labels: the check
+// for kinds Capstan watches as metadata only, such as CRDs, whose bodies are too large to
+// cache.
+func MetadataDrift(desired *unstructured.Unstructured, live metav1.Object) Drift {
 	if desired.GetAnnotations()[ConfigHashAnnot] != live.GetAnnotations()[ConfigHashAnnot] {
-		return true
+		return Outdated
 	}
 	for k, v := range desired.GetLabels() {
 		if live.GetLabels()[k] != v {
-			return true
+			return Modified
 		}
 	}
-	return false
+	return InSync
 }
 
 // ignoredPaths are fields that istiod changes after Capstan applies them (it turns the

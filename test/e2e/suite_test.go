@@ -1,0 +1,67 @@
+//go:build e2e
+
+// Package e2e runs whole Capstan flows on a local kwok cluster (real etcd, kube-apiserver,
+// controller-manager and scheduler; simulated nodes and kubelets), with the operator binary
+// running as a process under its own ServiceAccount and RBAC, and the real istiod running
+// beside the simulated pods. It must run inside a loopback-only network namespace
+// (`make test-e2e` does that with hack/in-netns.sh).
+//
+// What is simulated: kwok plays the kubelets, so pods "run" without containers (their
+// images are never pulled) and become Ready on the simulated nodes. istiod is the real
+// binary, started the way a kubelet would start the Deployment Capstan applied (same env,
+// the chart's ConfigMaps mounted as files, bound to its Service's ClusterIP).
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/capstan-mesh/capstan/controllers"
+	"github.com/capstan-mesh/capstan/test/harness"
+)
+
+var (
+	cluster  *harness.Cluster
+	operator *harness.Operator
+	k8s      client.Client
+)
+
+func TestE2E(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "Capstan on a local cluster")
+}
+
+var _ = BeforeSuite(func(ctx context.Context) {
+	var err error
+	cluster, err = harness.StartCluster(ctx, harness.ClusterOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	scheme, err := controllers.NewScheme()
+	Expect(err).NotTo(HaveOccurred())
+	k8s, err = client.New(cluster.RESTConfig, client.Options{Scheme: scheme})
+	Expect(err).NotTo(HaveOccurred())
+	Expect(harness.InstallCapstan(ctx, cluster)).To(Succeed())
+	operator, err = harness.StartOperator(ctx, cluster, harness.OperatorOptions{LeaderElect: true})
+	Expect(err).NotTo(HaveOccurred())
+	SetDefaultEventuallyTimeout(90 * time.Second)
+	SetDefaultEventuallyPollingInterval(250 * time.Millisecond)
+}, NodeTimeout(5*time.Minute))
+
+var _ = ReportAfterEach(func(r SpecReport) {
+	if r.Failed() && operator != nil {
+		AddReportEntry("capstan log", operator.LogTail(60))
+	}
+})
+
+var _ = AfterSuite(func() {
+	if operator != nil {
+		Expect(operator.Stop()).To(Succeed(), "the operator must stop cleanly on SIGTERM")
+	}
+	if cluster != nil {
+		Expect(cluster.Stop()).To(Succeed())
+	}
+})
