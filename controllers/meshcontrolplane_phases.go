@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
+	"golang.org/x/sync/errgroup"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -155,28 +157,70 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 		repair[apply.RefOf(o.Unstructured)] = d == apply.Modified || (d == apply.Missing && installed)
 	}
 	if installed && len(changed) > 1 {
-		for _, o := range changed {
-			if err := r.applyOne(ctx, o.DeepCopy(), client.DryRunAll); err != nil {
-				return r.applyFailed(s, o, err)
-			}
+		if o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
+			return r.applyOne(ctx, o.DeepCopy(), client.DryRunAll)
+		}); err != nil {
+			return r.applyFailed(s, o, err)
 		}
 	}
-	for _, o := range changed {
+	var mu sync.Mutex
+	o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
 		ref := apply.RefOf(o)
 		obj := o.DeepCopy()
 		if err := r.applyOne(ctx, obj); err != nil {
-			return r.applyFailed(s, o, err)
+			return err
 		}
 		if ref.GVK.Kind == "CustomResourceDefinition" {
 			r.crdGenerations.Store(ref.Name, obj.GetGeneration())
 		}
 		logger.V(1).Info("applied", "object", ref.String())
+		mu.Lock()
+		defer mu.Unlock()
 		s.applied = append(s.applied, ref)
 		if repair[ref] {
 			s.repaired = append(s.repaired, ref)
 		}
+		return nil
+	})
+	if err != nil {
+		return r.applyFailed(s, o, err)
 	}
 	return ctrl.Result{}, nil
+}
+
+// applyConcurrency bounds the requests one reconcile has in flight.
+const applyConcurrency = 16
+
+// applyInWaves runs fn over objects in apply order: objects of one rank (CRDs, then
+// identities, RBAC, configuration, workloads, webhooks) concurrently, and a rank only
+// once every object of the ranks before it succeeded. It returns the first object that
+// failed and its error.
+func (r *MeshControlPlaneReconciler) applyInWaves(ctx context.Context, objs []*unstructured.Unstructured, fn func(*unstructured.Unstructured) error) (*unstructured.Unstructured, error) {
+	for start := 0; start < len(objs); {
+		end := start + 1
+		rank := render.Rank(objs[start].GroupVersionKind())
+		for end < len(objs) && render.Rank(objs[end].GroupVersionKind()) == rank {
+			end++
+		}
+		wave := objs[start:end]
+		errs := make([]error, len(wave))
+		g, _ := errgroup.WithContext(ctx)
+		g.SetLimit(applyConcurrency)
+		for i, o := range wave {
+			g.Go(func() error {
+				errs[i] = fn(o)
+				return nil
+			})
+		}
+		_ = g.Wait()
+		for i, err := range errs {
+			if err != nil {
+				return wave[i], err
+			}
+		}
+		start = end
+	}
+	return nil, nil
 }
 
 // rejected says whether the apiserver refused an object for its content. Server-side apply
@@ -224,7 +268,11 @@ func (r *MeshControlPlaneReconciler) drifted(ctx context.Context, desired *unstr
 	if err := r.Get(ctx, key, live); err != nil {
 		return apply.Missing, client.IgnoreNotFound(err)
 	}
-	return apply.Compare(desired, live), nil
+	d, field := apply.Diff(desired, live)
+	if d != apply.InSync {
+		log.FromContext(ctx).V(1).Info("drift", "object", apply.RefOf(desired).String(), "field", field)
+	}
+	return d, nil
 }
 
 // prune deletes the objects Capstan owns that the render no longer contains. CRDs are
@@ -323,7 +371,8 @@ func (r *MeshControlPlaneReconciler) releaseFinalizer(ctx context.Context, s *sc
 	return ctrl.Result{}, nil
 }
 
-// listOwned lists, from the cache, every object carrying Capstan's inventory labels.
+// listOwned lists, from the cache, every object carrying Capstan's inventory labels that is
+// not already being deleted.
 func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Ref, error) {
 	sel := client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}
 	var refs []apply.Ref
@@ -335,7 +384,7 @@ func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Ref
 				return nil, fmt.Errorf("listing %s: %w", k.Kind, err)
 			}
 			for i := range l.Items {
-				if apply.Owned(l.Items[i].Labels) {
+				if deletable(&l.Items[i]) {
 					refs = append(refs, refFor(k, &l.Items[i]))
 				}
 			}
@@ -347,12 +396,16 @@ func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Ref
 			return nil, fmt.Errorf("listing %s: %w", k.Kind, err)
 		}
 		for i := range l.Items {
-			if apply.Owned(l.Items[i].GetLabels()) {
+			if deletable(&l.Items[i]) {
 				refs = append(refs, refFor(k, &l.Items[i]))
 			}
 		}
 	}
 	return refs, nil
+}
+
+func deletable(o metav1.Object) bool {
+	return apply.Owned(o.GetLabels()) && o.GetDeletionTimestamp() == nil
 }
 
 func refFor(k render.Kind, o metav1.Object) apply.Ref {

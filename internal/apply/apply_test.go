@@ -30,7 +30,7 @@ spec:
       - name: discovery
         image: docker.io/istio/pilot:1.31.1
         resources: {requests: {cpu: 500m, memory: 2048Mi}}
-        env: []
+        env: [{name: EMPTY, value: ""}]
 `
 
 func TestCompare(t *testing.T) {
@@ -62,15 +62,30 @@ spec:
         image: docker.io/istio/pilot:1.31.1
         imagePullPolicy: IfNotPresent
         resources: {requests: {cpu: 500m, memory: 2Gi}}
+        env: [{name: EMPTY}]
 status: {replicas: 1}
 `), InSync},
+		"an empty env value set by hand": {live(`
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers:
+      - name: discovery
+        image: docker.io/istio/pilot:1.31.1
+        resources: {requests: {cpu: 500m, memory: 2Gi}}
+        env: [{name: EMPTY, value: "set"}]
+`), Modified},
 		"image edited": {live(`
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: istiod, namespace: istio-system}
 spec:
   replicas: 1
-  template: {spec: {containers: [{name: discovery, image: other, resources: {requests: {cpu: 500m, memory: 2Gi}}}]}}
+  template: {spec: {containers: [{name: discovery, image: other, resources: {requests: {cpu: 500m, memory: 2Gi}}, env: [{name: EMPTY}]}]}}
 `), Modified},
 		"replicas scaled by hand": {live(`
 apiVersion: apps/v1
@@ -78,7 +93,7 @@ kind: Deployment
 metadata: {name: istiod, namespace: istio-system}
 spec:
   replicas: 4
-  template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}}]}}
+  template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}, env: [{name: EMPTY}]}]}}
 `), Modified},
 		"a container added": {live(`
 apiVersion: apps/v1
@@ -86,7 +101,7 @@ kind: Deployment
 metadata: {name: istiod, namespace: istio-system}
 spec:
   replicas: 1
-  template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}}, {name: extra, image: x}]}}
+  template: {spec: {containers: [{name: discovery, image: docker.io/istio/pilot:1.31.1, resources: {requests: {cpu: 500m, memory: 2Gi}}, env: [{name: EMPTY}]}, {name: extra, image: x}]}}
 `), Modified},
 	}
 	for name, tc := range tests {

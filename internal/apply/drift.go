@@ -1,6 +1,9 @@
 package apply
 
 import (
+	"maps"
+	"slices"
+
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -27,21 +30,27 @@ const (
 // numbers) compare by meaning, and fields Istio's control plane owns at run time are
 // skipped.
 func Compare(desired, live *unstructured.Unstructured) Drift {
+	d, _ := Diff(desired, live)
+	return d
+}
+
+// Diff is Compare that also names the first field found to differ, for logs.
+func Diff(desired, live *unstructured.Unstructured) (Drift, string) {
 	if live == nil {
-		return Missing
+		return Missing, ""
 	}
 	if d := MetadataDrift(desired, live); d != InSync {
-		return d
+		return d, "metadata"
 	}
-	for k, v := range desired.Object {
+	for _, k := range slices.Sorted(maps.Keys(desired.Object)) {
 		if k == "metadata" || k == "status" {
 			continue
 		}
-		if !contains(v, live.Object[k], ignoredPaths(desired.GetKind()), k) {
-			return Modified
+		if path, ok := contains(desired.Object[k], live.Object[k], ignoredPaths(desired.GetKind()), k); !ok {
+			return Modified, path
 		}
 	}
-	return InSync
+	return InSync, ""
 }
 
 // MetadataDrift compares only the configuration hash and the inventory labels: the check
@@ -68,63 +77,76 @@ func ignoredPaths(kind string) map[string]bool {
 	return nil
 }
 
-func contains(want, got any, ignore map[string]bool, path string) bool {
+// contains reports whether got holds everything want asks for; when not, it names the
+// first path that differs.
+func contains(want, got any, ignore map[string]bool, path string) (string, bool) {
 	if ignore[path] {
-		return true
+		return "", true
+	}
+	if got == nil && isZero(want) {
+		return "", true // the server omits empty strings, false and 0 of omitempty fields
 	}
 	switch w := want.(type) {
 	case nil:
-		return true
+		return "", true
 	case map[string]any:
 		if len(w) == 0 {
-			return true // an empty map asks for nothing; the server may drop it
+			return "", true // an empty map asks for nothing; the server may drop it
 		}
 		g, ok := got.(map[string]any)
 		if !ok {
-			return false
+			return path, false
 		}
-		for k, wv := range w {
-			if !contains(wv, g[k], ignore, path+"."+k) {
-				return false
+		for _, k := range slices.Sorted(maps.Keys(w)) {
+			if p, ok := contains(w[k], g[k], ignore, path+"."+k); !ok {
+				return p, false
 			}
 		}
-		return true
+		return "", true
 	case []any:
 		g, ok := got.([]any)
 		if !ok {
-			return len(w) == 0 && got == nil
+			return path, len(w) == 0 && got == nil
 		}
 		if len(w) != len(g) {
-			return false
+			return path, false
 		}
 		for i := range w {
-			if !contains(w[i], g[i], ignore, path+"[]") {
-				return false
+			if p, ok := contains(w[i], g[i], ignore, path+"[]"); !ok {
+				return p, false
 			}
 		}
-		return true
+		return "", true
 	case string:
 		g, ok := got.(string)
-		if !ok {
-			return false
-		}
-		return w == g || sameQuantity(w, g)
+		return path, ok && (w == g || sameQuantity(w, g))
 	case bool:
 		g, ok := got.(bool)
-		return ok && g == w
+		return path, ok && g == w
 	default:
 		wf, wok := number(want)
 		gf, gok := number(got)
 		if wok && gok {
-			return wf == gf
+			return path, wf == gf
 		}
 		if gs, ok := got.(string); ok && wok {
 			// int-or-string fields may come back as strings
 			q, err := resource.ParseQuantity(gs)
-			return err == nil && q.AsApproximateFloat64() == wf
+			return path, err == nil && q.AsApproximateFloat64() == wf
 		}
-		return false
+		return path, false
 	}
+}
+
+func isZero(v any) bool {
+	switch w := v.(type) {
+	case string:
+		return w == ""
+	case bool:
+		return !w
+	}
+	n, ok := number(v)
+	return ok && n == 0
 }
 
 func sameQuantity(a, b string) bool {

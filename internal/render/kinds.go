@@ -9,7 +9,9 @@ import (
 type Kind struct {
 	schema.GroupVersionKind
 	Namespaced bool
-	// rank orders applies: definitions and identities before what uses them.
+	// rank orders applies in waves: definitions, then identities, permissions and
+	// configuration, then workloads, and last the webhooks and policies that call them or
+	// gate admission. Objects of one rank are applied together.
 	rank int
 }
 
@@ -17,22 +19,22 @@ type Kind struct {
 // fails to render, so RBAC never needs a wildcard.
 var Kinds = []Kind{
 	{gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"), false, 0},
-	{gvk("", "v1", "Namespace"), false, 1},
-	{gvk("", "v1", "ServiceAccount"), true, 2},
-	{gvk("rbac.authorization.k8s.io", "v1", "ClusterRole"), false, 3},
-	{gvk("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"), false, 4},
-	{gvk("rbac.authorization.k8s.io", "v1", "Role"), true, 3},
-	{gvk("rbac.authorization.k8s.io", "v1", "RoleBinding"), true, 4},
-	{gvk("", "v1", "ConfigMap"), true, 5},
-	{gvk("", "v1", "Service"), true, 6},
-	{gvk("apps", "v1", "Deployment"), true, 7},
-	{gvk("autoscaling", "v2", "HorizontalPodAutoscaler"), true, 8},
-	{gvk("policy", "v1", "PodDisruptionBudget"), true, 8},
-	{gvk("networking.k8s.io", "v1", "NetworkPolicy"), true, 8},
-	{gvk("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration"), false, 9},
-	{gvk("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration"), false, 9},
-	{gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy"), false, 9},
-	{gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding"), false, 10},
+	{gvk("", "v1", "Namespace"), false, 0},
+	{gvk("", "v1", "ServiceAccount"), true, 1},
+	{gvk("rbac.authorization.k8s.io", "v1", "ClusterRole"), false, 1},
+	{gvk("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"), false, 1},
+	{gvk("rbac.authorization.k8s.io", "v1", "Role"), true, 1},
+	{gvk("rbac.authorization.k8s.io", "v1", "RoleBinding"), true, 1},
+	{gvk("", "v1", "ConfigMap"), true, 1},
+	{gvk("", "v1", "Service"), true, 1},
+	{gvk("apps", "v1", "Deployment"), true, 2},
+	{gvk("autoscaling", "v2", "HorizontalPodAutoscaler"), true, 2},
+	{gvk("policy", "v1", "PodDisruptionBudget"), true, 2},
+	{gvk("networking.k8s.io", "v1", "NetworkPolicy"), true, 2},
+	{gvk("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration"), false, 3},
+	{gvk("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration"), false, 3},
+	{gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy"), false, 3},
+	{gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding"), false, 3},
 }
 
 func gvk(g, v, k string) schema.GroupVersionKind {

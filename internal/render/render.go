@@ -5,6 +5,8 @@ package render
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"path"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
 	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/chart/common/util"
 	"helm.sh/helm/v4/pkg/chart/loader/archive"
@@ -20,6 +23,9 @@ import (
 	"helm.sh/helm/v4/pkg/engine"
 	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
 	"istio.io/istio/manifests"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/values"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
@@ -88,7 +94,27 @@ func load(fsys fs.FS, dir string) (*chartv2.Chart, error) {
 }
 
 // Render renders every component with in.Values and returns the objects in apply order.
+// Rendering Istio's charts costs a few hundred milliseconds of CPU (mostly YAML: the CRDs
+// pass through the templates' fromYaml), so the results of the last few inputs are kept:
+// a reconcile of an unchanged spec, as every drift repair is, renders nothing. The caller
+// owns the returned objects.
 func Render(in Input) ([]Object, error) {
+	key, err := in.key()
+	if err != nil {
+		return nil, err
+	}
+	if objs, ok := memo.get(key); ok {
+		return objs, nil
+	}
+	objs, err := render(in)
+	if err != nil {
+		return nil, err
+	}
+	memo.put(key, objs)
+	return objs, nil
+}
+
+func render(in Input) ([]Object, error) {
 	charts, err := loadCharts()
 	if err != nil {
 		return nil, err
@@ -101,12 +127,21 @@ func Render(in Input) ([]Object, error) {
 		}
 		caps.KubeVersion = *kv
 	}
+	// The charts are independent: render them side by side.
+	results := make([][]Object, len(Install))
+	var g errgroup.Group
+	for i, c := range Install {
+		g.Go(func() error {
+			objs, err := renderChart(charts[c.Name], c, in, caps)
+			results[i] = objs
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
 	var out []Object
-	for _, c := range Install {
-		objs, err := renderChart(charts[c.Name], c, in, caps)
-		if err != nil {
-			return nil, err
-		}
+	for _, objs := range results {
 		out = append(out, objs...)
 	}
 	slices.SortStableFunc(out, func(a, b Object) int { return applyRank(a) - applyRank(b) })
@@ -144,17 +179,12 @@ func renderChart(ch *chartv2.Chart, c Component, in Input, caps *common.Capabili
 			if len(doc) == 0 {
 				continue
 			}
-			js, err := yaml.YAMLToJSON(doc)
+			u, err := parsed.parse(doc)
 			if err != nil {
 				return nil, fmt.Errorf("chart %s: %s: %w", c.Name, name, err)
 			}
-			if string(js) == "null" || string(js) == "{}" {
+			if u == nil {
 				continue // a template that rendered only comments
-			}
-			// UnmarshalJSON keeps integers as int64, as the apiserver's own objects have them.
-			u := &unstructured.Unstructured{}
-			if err := u.UnmarshalJSON(js); err != nil {
-				return nil, fmt.Errorf("chart %s: %s: %w", c.Name, name, err)
 			}
 			if u.GetKind() == "" || u.GetName() == "" {
 				return nil, fmt.Errorf("chart %s: %s: object without kind or name", c.Name, name)
@@ -191,4 +221,126 @@ func copyValues(v map[string]any) map[string]any {
 	// Helm merges chart defaults into the map it is given; render from a copy so the
 	// caller's values stay as they were.
 	return runtime.DeepCopyJSON(v)
+}
+
+// key identifies an input: equal keys render equal objects.
+func (in Input) key() (string, error) {
+	b, err := json.Marshal(in.Values) // map keys marshal sorted, so this is canonical
+	if err != nil {
+		return "", fmt.Errorf("values: %w", err)
+	}
+	h := sha256.New()
+	h.Write(b)
+	fmt.Fprintf(h, "\x00%s\x00%s", in.Namespace, in.KubeVersion)
+	return string(h.Sum(nil)), nil
+}
+
+// memo keeps the renders of the last few inputs, encoded as JSON: a fraction of the
+// memory of the decoded objects, and decoding costs far less than rendering.
+var memo = &renderMemo{}
+
+const memoSize = 2
+
+type renderMemo struct {
+	mu      sync.Mutex
+	keys    []string
+	results map[string][]encoded
+}
+
+type encoded struct {
+	component string
+	json      []byte
+}
+
+func (m *renderMemo) get(key string) ([]Object, bool) {
+	m.mu.Lock()
+	enc, ok := m.results[key]
+	m.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	out := make([]Object, len(enc))
+	for i, e := range enc {
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(e.json); err != nil {
+			return nil, false // it was encoded from an object, so this does not happen
+		}
+		out[i] = Object{Component: e.component, Unstructured: u}
+	}
+	return out, true
+}
+
+func (m *renderMemo) put(key string, objs []Object) {
+	enc := make([]encoded, len(objs))
+	for i, o := range objs {
+		b, err := o.MarshalJSON()
+		if err != nil {
+			return
+		}
+		enc[i] = encoded{component: o.Component, json: b}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.results == nil {
+		m.results = map[string][]encoded{}
+	}
+	if _, ok := m.results[key]; ok {
+		return
+	}
+	if len(m.keys) == memoSize {
+		delete(m.results, m.keys[0])
+		m.keys = m.keys[1:]
+	}
+	m.keys = append(m.keys, key)
+	m.results[key] = enc
+}
+
+// Warm loads the embedded charts and renders them with the values of an empty spec, which
+// the memo then holds. A server version of "" renders as Helm's default.
+func Warm(kubeVersion string) error {
+	v, err := values.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
+	if err != nil {
+		return err
+	}
+	_, err = Render(Input{Values: v, Namespace: "istio-system", KubeVersion: kubeVersion})
+	return err
+}
+
+// parsed remembers the JSON of parsed documents by their YAML text. Most of a render's YAML
+// is the same from one spec to the next (Istio's CRDs above all), YAML parsing is most of a
+// render's cost, and decoding JSON is several times cheaper.
+var parsed = &docCache{}
+
+// docCacheSize bounds the documents kept: a few renders' worth.
+const docCacheSize = 128
+
+type docCache struct {
+	mu   sync.Mutex
+	docs map[[sha256.Size]byte][]byte
+}
+
+// parse turns one YAML document into an object the caller owns; nil for an empty document.
+func (c *docCache) parse(doc []byte) (*unstructured.Unstructured, error) {
+	key := sha256.Sum256(doc)
+	c.mu.Lock()
+	js, ok := c.docs[key]
+	c.mu.Unlock()
+	if !ok {
+		var err error
+		if js, err = yaml.YAMLToJSON(doc); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		if c.docs == nil || len(c.docs) >= docCacheSize {
+			c.docs = map[[sha256.Size]byte][]byte{}
+		}
+		c.docs[key] = js
+		c.mu.Unlock()
+	}
+	if string(js) == "null" || string(js) == "{}" {
+		return nil, nil
+	}
+	// UnmarshalJSON keeps integers as int64, as the apiserver's own objects have them.
+	u := &unstructured.Unstructured{}
+	return u, u.UnmarshalJSON(js)
 }

@@ -121,3 +121,24 @@ func TestRenderDoesNotChangeItsInput(t *testing.T) {
 		t.Errorf("render merged chart defaults into its input: %v", in)
 	}
 }
+
+func TestRenderReturnsObjectsTheCallerOwns(t *testing.T) {
+	first := renderSpec(t, meshv1.MeshControlPlaneSpec{})
+	d := find(first, "Deployment", "istiod")
+	d.SetLabels(map[string]string{"changed": "by the caller"})
+	_ = unstructured.SetNestedField(d.Object, int64(42), "spec", "replicas")
+
+	second := renderSpec(t, meshv1.MeshControlPlaneSpec{})
+	d2 := find(second, "Deployment", "istiod")
+	if d2.GetLabels()["changed"] != "" {
+		t.Error("a remembered render was changed through an earlier result")
+	}
+	if r, found, _ := unstructured.NestedInt64(d2.Object, "spec", "replicas"); found && r == 42 {
+		t.Error("a remembered render was changed through an earlier result")
+	}
+	replicas := int32(2)
+	third := renderSpec(t, meshv1.MeshControlPlaneSpec{Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: &replicas}}})
+	if r, _, _ := unstructured.NestedInt64(find(third, "Deployment", "istiod").Object, "spec", "replicas"); r != 2 {
+		t.Errorf("a different spec got a remembered render: replicas %d", r)
+	}
+}

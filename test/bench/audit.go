@@ -47,8 +47,8 @@ func (e AuditEvent) IsLease() bool {
 	return e.ObjectRef != nil && e.ObjectRef.Resource == "leases"
 }
 
-// ReadAudit reads the completed requests of one user from an audit log in JSON lines. Long
-// running requests (watches) are counted once, when they start.
+// ReadAudit reads the completed requests of one user (every user for "") from an audit log
+// in JSON lines. Long running requests (watches) are counted once, when they start.
 func ReadAudit(r io.Reader, user string) ([]AuditEvent, error) {
 	var out []AuditEvent
 	sc := bufio.NewScanner(r)
@@ -58,7 +58,7 @@ func ReadAudit(r io.Reader, user string) ([]AuditEvent, error) {
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			return nil, fmt.Errorf("audit log: %w", err)
 		}
-		if e.User.Username != user {
+		if user != "" && e.User.Username != user {
 			continue
 		}
 		if (e.Verb == "watch" && e.Stage == "ResponseStarted") || (e.Verb != "watch" && e.Stage == "ResponseComplete") {
@@ -73,6 +73,9 @@ type Counts struct {
 	Total, Writes, LeaseWrites int
 	// LastWrite is when the last write that was not a lease renewal completed.
 	LastWrite time.Time
+	// LastApply is when the last write to an installed object completed: not to the
+	// MeshControlPlane itself (finalizer, status), not an Event, not a Lease.
+	LastApply time.Time
 	// ByVerb is "verb resource" to count, for the report.
 	ByVerb map[string]int
 }
@@ -102,6 +105,9 @@ func Count(events []AuditEvent, from, to time.Time) Counts {
 		if e.StageTimestamp.After(c.LastWrite) {
 			c.LastWrite = e.StageTimestamp
 		}
+		if res != "meshcontrolplanes" && res != "events" && e.StageTimestamp.After(c.LastApply) {
+			c.LastApply = e.StageTimestamp
+		}
 	}
 	return c
 }
@@ -117,4 +123,20 @@ func Median(xs []float64) float64 {
 		return xs[n/2]
 	}
 	return (xs[n/2-1] + xs[n/2]) / 2
+}
+
+// Created finds when the apiserver finished creating the named object: the moment it
+// exists for controllers to see.
+func Created(events []AuditEvent, resource, name string) (time.Time, bool) {
+	var at time.Time
+	for _, e := range events {
+		if e.Verb == "create" && e.ObjectRef != nil && e.ObjectRef.Resource == resource &&
+			e.ResponseStatus != nil && e.ResponseStatus.Code == 201 && e.StageTimestamp.After(at) {
+			// the name of a created object is in the response, not always in objectRef
+			if e.ObjectRef.Name == "" || e.ObjectRef.Name == name {
+				at = e.StageTimestamp
+			}
+		}
+	}
+	return at, !at.IsZero()
 }

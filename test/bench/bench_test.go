@@ -1,0 +1,255 @@
+//go:build e2e
+
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/controllers"
+	"github.com/capstan-mesh/capstan/test/harness"
+)
+
+// run is what one install measured.
+type run struct {
+	applied, ready          time.Duration
+	createLatency           time.Duration // the create request itself, client to stored
+	install, steady         Counts
+	rssInstalled, rssIdle   int64 // KiB
+	anonInstalled, anonIdle int64 // KiB of RSS that is not the binary's mapped pages
+	cpu                     time.Duration
+}
+
+// TestBench installs the sample control plane on a fresh operator several times and reports
+// medians: time from create to every object applied (from the apiserver's audit log) and to
+// Ready=True, the API requests the operator makes (audit log, filtered by its own
+// ServiceAccount) per install and during a quiet period after it, and its memory. Every run
+// removes the CRDs too (spec.uninstall.removeCRDs), so each one is a complete install.
+//
+// CAPSTAN_BENCH_RUNS (default 5) and CAPSTAN_BENCH_STEADY (default 60s) tune it.
+func TestBench(t *testing.T) {
+	runs := envInt("CAPSTAN_BENCH_RUNS", 5)
+	steady := envDuration("CAPSTAN_BENCH_STEADY", 60*time.Second)
+	const settle = 3 * time.Second // after Ready, for the echoes of the install's own writes
+
+	ctx := context.Background()
+	c, err := harness.StartCluster(ctx, harness.ClusterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Stop() }()
+	if err := harness.InstallCapstan(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	scheme, _ := controllers.NewScheme()
+	k8s, err := client.New(c.RESTConfig, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var results []run
+	for i := range runs {
+		op, err := harness.StartOperator(ctx, c, harness.OperatorOptions{LeaderElect: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := waitLeader(ctx, c); err != nil {
+			t.Fatalf("%v\n%s", err, op.LogTail(30))
+		}
+		m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}, Spec: meshv1.MeshControlPlaneSpec{
+			Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](1)}},
+			Uninstall:  &meshv1.UninstallSpec{RemoveCRDs: true},
+		}}
+		start := time.Now()
+		if err := k8s.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitReady(ctx, k8s); err != nil {
+			t.Fatalf("run %d: %v\n%s", i, err, op.LogTail(40))
+		}
+		r := run{ready: time.Since(start)}
+		r.rssInstalled, r.anonInstalled = rssKiB(op.PID())
+		readyAt := time.Now()
+		time.Sleep(settle + steady) // the quiet period being measured; nothing else happens in it
+		r.rssIdle, r.anonIdle = rssKiB(op.PID())
+		r.cpu = cpuTime(op.PID())
+
+		all, err := readAuditFile(c.AuditLogPath, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		created, ok := Created(all, "meshcontrolplanes", meshv1.SingletonName)
+		if !ok || created.Before(start.Add(-time.Second)) {
+			t.Fatalf("run %d: the audit log has no create of the MeshControlPlane", i)
+		}
+		var events []AuditEvent
+		for _, e := range all {
+			if e.User.Username == harness.OperatorUser {
+				events = append(events, e)
+			}
+		}
+		r.install = Count(events, start, readyAt.Add(settle))
+		r.steady = Count(events, readyAt.Add(settle), readyAt.Add(settle+steady))
+		r.applied = r.install.LastApply.Sub(created)
+		r.createLatency = created.Sub(start)
+		results = append(results, r)
+		t.Logf("run %d: create took %.3fs, applied %.3fs after it, ready %.3fs after the request, install requests %d (writes %d), steady requests %d (writes %d, lease writes %d), RSS %d/%d KiB (anonymous %d/%d KiB)",
+			i+1, r.createLatency.Seconds(), r.applied.Seconds(), r.ready.Seconds(), r.install.Total, r.install.Writes, r.steady.Total, r.steady.Writes, r.steady.LeaseWrites, r.rssInstalled, r.rssIdle, r.anonInstalled, r.anonIdle)
+		if i == 0 {
+			t.Logf("install requests by verb and resource: %v", r.install.ByVerb)
+			t.Logf("steady-state requests by verb and resource: %v", r.steady.ByVerb)
+		}
+
+		if err := uninstall(ctx, k8s, c); err != nil {
+			t.Fatalf("run %d: %v\n%s", i, err, op.LogTail(40))
+		}
+		if err := op.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report(t, results, steady)
+}
+
+func report(t *testing.T, rs []run, steady time.Duration) {
+	col := func(f func(run) float64) float64 {
+		xs := make([]float64, len(rs))
+		for i, r := range rs {
+			xs[i] = f(r)
+		}
+		return Median(xs)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nCapstan install benchmark: median of %d runs (local kwok cluster, 2 simulated nodes)\n", len(rs))
+	fmt.Fprintf(&b, "| measure | median | target |\n| --- | --- | --- |\n")
+	fmt.Fprintf(&b, "| MeshControlPlane stored -> all objects applied (apiserver audit log) | %.3f s | <= 0.5 s |\n", col(func(r run) float64 { return r.applied.Seconds() }))
+	fmt.Fprintf(&b, "| the create request itself (client sends -> apiserver stored) | %.3f s | |\n", col(func(r run) float64 { return r.createLatency.Seconds() }))
+	fmt.Fprintf(&b, "| create -> Ready=True | %.3f s | |\n", col(func(r run) float64 { return r.ready.Seconds() }))
+	fmt.Fprintf(&b, "| API requests per install (create to Ready + 3 s) | %.0f | <= 60 |\n", col(func(r run) float64 { return float64(r.install.Total) }))
+	fmt.Fprintf(&b, "| of which writes | %.0f | |\n", col(func(r run) float64 { return float64(r.install.Writes) }))
+	fmt.Fprintf(&b, "| API requests in %s of steady state | %.0f | |\n", steady, col(func(r run) float64 { return float64(r.steady.Total) }))
+	fmt.Fprintf(&b, "| writes in steady state, lease renewals aside | %.0f | 0 |\n", col(func(r run) float64 { return float64(r.steady.Writes) }))
+	fmt.Fprintf(&b, "| lease renewals in steady state | %.0f | |\n", col(func(r run) float64 { return float64(r.steady.LeaseWrites) }))
+	fmt.Fprintf(&b, "| operator RSS, installed | %.1f MiB | <= 50 MiB |\n", col(func(r run) float64 { return float64(r.rssInstalled) / 1024 }))
+	fmt.Fprintf(&b, "| operator RSS, idle after steady state | %.1f MiB | <= 50 MiB |\n", col(func(r run) float64 { return float64(r.rssIdle) / 1024 }))
+	fmt.Fprintf(&b, "| of which anonymous (heap, stacks), installed / idle | %.1f / %.1f MiB | |\n", col(func(r run) float64 { return float64(r.anonInstalled) / 1024 }), col(func(r run) float64 { return float64(r.anonIdle) / 1024 }))
+	fmt.Fprintf(&b, "| operator CPU time, start to end of steady state | %.2f s | |\n", col(func(r run) float64 { return r.cpu.Seconds() }))
+	t.Log(b.String())
+	fmt.Print(b.String())
+}
+
+func waitReady(ctx context.Context, k8s client.Client) error {
+	return wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		m := &meshv1.MeshControlPlane{}
+		if err := k8s.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m); err != nil {
+			return false, err
+		}
+		return meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.ConditionReady), nil
+	})
+}
+
+// uninstall deletes the MeshControlPlane and waits until its namespace and CRDs are gone,
+// so the next run starts from an empty cluster.
+func uninstall(ctx context.Context, k8s client.Client, c *harness.Cluster) error {
+	m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}}
+	if err := k8s.Delete(ctx, m); err != nil {
+		return err
+	}
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(m), m); !apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if _, err := c.Clientset.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		crds := &metav1.PartialObjectMetadataList{}
+		crds.SetGroupVersionKind(schemaCRDList)
+		if err := k8s.List(ctx, crds, client.MatchingLabels{"app.kubernetes.io/managed-by": "capstan"}); err != nil {
+			return false, err
+		}
+		return len(crds.Items) == 0, nil
+	})
+}
+
+// waitLeader waits until an operator holds the leader-election lease (a stopped operator
+// releases it), so that the time measured is the install's, not the election's.
+func waitLeader(ctx context.Context, c *harness.Cluster) error {
+	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := c.Clientset.CoordinationV1().Leases(harness.OperatorNamespace).Get(ctx, "capstan.mesh.capstan.dev", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return err == nil && ptr.Deref(l.Spec.HolderIdentity, "") != "", err
+	})
+}
+
+func readAuditFile(path, user string) ([]AuditEvent, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ReadAudit(f, user)
+}
+
+// rssKiB reads a process's resident set size, and the anonymous part of it (what is not
+// file-backed pages of the binary and libraries).
+func rssKiB(pid int) (total, anon int64) {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			total = n
+		case "RssAnon:":
+			anon = n
+		}
+	}
+	return total, anon
+}
+
+// cpuTime reads a process's user plus system CPU time (clock ticks of 10 ms).
+func cpuTime(pid int) time.Duration {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
+var schemaCRDList = schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"}
