@@ -24,9 +24,10 @@ generate: $(BIN)/controller-gen ## Regenerate deepcopy code.
 	$(BIN)/controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: manifests
-manifests: $(BIN)/controller-gen ## Regenerate the CRD and the operator's RBAC from the Go markers.
+manifests: $(BIN)/controller-gen ## Regenerate the CRD, the operator's RBAC and its webhook configuration from the Go markers.
 	$(BIN)/controller-gen crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(BIN)/controller-gen rbac:roleName=capstan-manager paths=./controllers/... output:rbac:artifacts:config=config/rbac
+	$(BIN)/controller-gen webhook paths=./internal/webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: fmt
 fmt:
@@ -46,8 +47,8 @@ build: ## Build the operator binary into bin/capstan.
 test: test-unit test-integration test-e2e ## Run every test: unit, envtest integration, e2e on a local cluster.
 
 .PHONY: test-unit
-test-unit: ## Unit tests: pure planning, values, rendering, drift and prune decisions.
-	go test $(GO_TEST_FLAGS) ./api/... ./internal/... ./test/bench/... ./test/harness/...
+test-unit: tools ## Unit tests: values, rendering, drift and prune decisions, webhook rules, manifests, image.
+	go test $(GO_TEST_FLAGS) . ./api/... ./internal/... ./config/... ./test/bench/... ./test/harness/...
 
 .PHONY: test-integration
 test-integration: tools ## The controller against a real kube-apiserver and etcd (envtest).

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"os"
@@ -11,10 +12,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/capstan-mesh/capstan/controllers"
 	"github.com/capstan-mesh/capstan/internal/render"
+	capstanwebhook "github.com/capstan-mesh/capstan/internal/webhook"
 )
 
 func main() {
@@ -31,8 +35,16 @@ func run() error {
 		leaderNamespace        string
 		qps                    float64
 		burst                  int
+		enableWebhooks         bool
+		webhookCertDir         string
+		enableHTTP2            bool
+		secureMetrics          bool
 	)
-	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "address the metrics endpoint binds to; 0 turns it off")
+	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "address the metrics endpoint binds to (the Deployment uses :8443); 0 turns it off")
+	flag.BoolVar(&secureMetrics, "metrics-secure", true, "serve metrics over HTTPS, only to clients the apiserver authenticates and authorizes for GET /metrics")
+	flag.BoolVar(&enableWebhooks, "enable-webhooks", true, "serve the MeshControlPlane validating webhook on :9443")
+	flag.StringVar(&webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding the webhook's tls.crt and tls.key (OLM and the Helm chart mount them here)")
+	flag.BoolVar(&enableHTTP2, "enable-http2", false, "serve HTTP/2 from the metrics and webhook servers; off because of the HTTP/2 Rapid Reset and Stream Cancellation attacks (CVE-2023-44487, CVE-2023-39325)")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the health and readiness probes bind to")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, so that only one of several replicas reconciles")
 	flag.StringVar(&leaderNamespace, "leader-election-namespace", "", "namespace of the leader-election Lease (default: the pod's namespace)")
@@ -55,8 +67,18 @@ func run() error {
 		return err
 	}
 	cfg.QPS, cfg.Burst = float32(qps), burst
+	var tlsOpts []func(*tls.Config)
+	if !enableHTTP2 {
+		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
+	}
 	mopts := controllers.ManagerOptions(scheme)
-	mopts.Metrics = metricsserver.Options{BindAddress: metricsAddr}
+	mopts.Metrics = metricsserver.Options{BindAddress: metricsAddr, SecureServing: secureMetrics, TLSOpts: tlsOpts}
+	if secureMetrics {
+		mopts.Metrics.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	if enableWebhooks {
+		mopts.WebhookServer = webhook.NewServer(webhook.Options{CertDir: webhookCertDir, TLSOpts: tlsOpts})
+	}
 	mopts.HealthProbeBindAddress = probeAddr
 	mopts.LeaderElection = leaderElect
 	mopts.LeaderElectionID = "capstan.mesh.capstan.dev"
@@ -85,10 +107,17 @@ func run() error {
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the MeshControlPlane controller: %w", err)
 	}
+	ready := healthz.Ping
+	if enableWebhooks {
+		if err := capstanwebhook.SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up the MeshControlPlane webhook: %w", err)
+		}
+		ready = mgr.GetWebhookServer().StartedChecker()
+	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	if err := mgr.AddReadyzCheck("readyz", ready); err != nil {
 		return err
 	}
 	// Load and render the embedded charts once before any MeshControlPlane arrives: this

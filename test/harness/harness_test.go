@@ -100,7 +100,6 @@ func TestProcessStopKillAndLog(t *testing.T) {
 	}
 }
 
-
 // waitLog waits until p's log holds s.
 func waitLog(t *testing.T, p *Process, s string) {
 	t.Helper()

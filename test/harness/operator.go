@@ -79,7 +79,7 @@ func StartOperator(ctx context.Context, c *Cluster, opts OperatorOptions) (*Oper
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"--kubeconfig", kubeconfig, "--health-probe-bind-address", probe, "--metrics-bind-address", "0", "--zap-devel"}
+	args := []string{"--kubeconfig", kubeconfig, "--health-probe-bind-address", probe, "--metrics-bind-address", "0", "--enable-webhooks=false", "--zap-devel"}
 	if opts.LeaderElect {
 		args = append(args, "--leader-elect", "--leader-election-namespace", OperatorNamespace)
 	}

@@ -1,0 +1,139 @@
+// Package config_test checks the deployment manifests in config/ for the properties a
+// platform team relies on: least-privilege RBAC and a manager that runs under the
+// "restricted" Pod Security Standard.
+package config_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/pod-security-admission/api"
+	"k8s.io/pod-security-admission/policy"
+	"sigs.k8s.io/yaml"
+)
+
+// rendered returns the objects of a kustomization, rendered with the project's kubectl.
+func rendered(t *testing.T, dir string) []*unstructured.Unstructured {
+	t.Helper()
+	kubectl := filepath.Join("..", "bin", "kubectl")
+	if _, err := os.Stat(kubectl); err != nil {
+		t.Fatalf("bin/kubectl is missing (make tools builds it): %v", err)
+	}
+	data, err := exec.Command(kubectl, "kustomize", dir).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v", dir, err)
+	}
+	var objs []*unstructured.Unstructured
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			break
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+	if len(objs) == 0 {
+		t.Fatalf("%s renders nothing", dir)
+	}
+	return objs
+}
+
+func convert[T any](t *testing.T, u *unstructured.Unstructured) *T {
+	t.Helper()
+	b, err := u.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := new(T)
+	if err := yaml.Unmarshal(b, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestRBACNamesEveryResourceAndVerb protects least privilege: no rule of any role Capstan
+// ships may use a wildcard.
+func TestRBACNamesEveryResourceAndVerb(t *testing.T) {
+	var rules int
+	for _, o := range rendered(t, "default") {
+		var rs []rbacv1.PolicyRule
+		switch o.GetKind() {
+		case "ClusterRole":
+			rs = convert[rbacv1.ClusterRole](t, o).Rules
+		case "Role":
+			rs = convert[rbacv1.Role](t, o).Rules
+		default:
+			continue
+		}
+		for _, r := range rs {
+			rules++
+			for _, list := range [][]string{r.APIGroups, r.Resources, r.Verbs, r.ResourceNames, r.NonResourceURLs} {
+				if slices.ContainsFunc(list, func(s string) bool { return strings.Contains(s, "*") }) {
+					t.Errorf("%s %s has a wildcard rule: %+v", o.GetKind(), o.GetName(), r)
+				}
+			}
+		}
+	}
+	if rules < 10 {
+		t.Fatalf("found only %d RBAC rules; is config/rbac rendered?", rules)
+	}
+}
+
+// TestManagerIsRestricted protects the manager Deployment's security posture: the
+// "restricted" Pod Security Standard (evaluated by the apiserver's own checks), no pinned
+// UID (OpenShift assigns one), a read-only root filesystem, resources, probes and leader
+// election.
+func TestManagerIsRestricted(t *testing.T) {
+	var dep *appsv1.Deployment
+	for _, o := range rendered(t, "default") {
+		if o.GetKind() == "Deployment" {
+			dep = convert[appsv1.Deployment](t, o)
+		}
+	}
+	if dep == nil {
+		t.Fatal("config/default has no Deployment")
+	}
+	eval, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := dep.Spec.Template
+	for _, r := range eval.EvaluatePod(api.LevelVersion{Level: api.LevelRestricted, Version: api.LatestVersion()}, &pod.ObjectMeta, &pod.Spec) {
+		if !r.Allowed {
+			t.Errorf("restricted Pod Security Standard: %s: %s", r.ForbiddenReason, r.ForbiddenDetail)
+		}
+	}
+	if sc := pod.Spec.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		t.Error("the pod pins a UID; OpenShift assigns one from the namespace's range")
+	}
+	if len(pod.Spec.Containers) != 1 {
+		t.Fatalf("want one container, got %d", len(pod.Spec.Containers))
+	}
+	c := pod.Spec.Containers[0]
+	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.RunAsUser != nil {
+		t.Error("the manager needs a read-only root filesystem and no pinned UID")
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+		t.Errorf("requests and a memory limit must be set: %+v", c.Resources)
+	}
+	if c.LivenessProbe == nil || c.ReadinessProbe == nil {
+		t.Error("liveness and readiness probes must be set")
+	}
+	if !slices.Contains(c.Args, "--leader-elect") {
+		t.Errorf("args %v lack --leader-elect", c.Args)
+	}
+	if !slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-bind-address=:8443") }) {
+		t.Errorf("args %v do not serve metrics on :8443", c.Args)
+	}
+}
