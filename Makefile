@@ -92,7 +92,7 @@ uninstall: ## Remove the MeshControlPlane CRD.
 
 .PHONY: run
 run: build ## Run the operator on this machine against the current context.
-	$(BIN)/capstan --health-probe-bind-address=127.0.0.1:8081
+	$(BIN)/capstan --health-probe-bind-address=127.0.0.1:8081 --enable-webhooks=false
 
 .PHONY: deploy
 deploy: ## Deploy the operator with kustomize (config/default).

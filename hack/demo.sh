@@ -180,6 +180,7 @@ setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
 	--kubeconfig "$sa_kubeconfig" \
 	--health-probe-bind-address "$probe_addr" \
 	--metrics-bind-address 0 \
+	--enable-webhooks=false \
 	--leader-elect --leader-election-namespace "$operator_ns" \
 	--zap-encoder console \
 	</dev/null >>"$log" 2>&1 &
