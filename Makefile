@@ -48,7 +48,7 @@ test: test-unit test-integration test-e2e ## Run every test: unit, envtest integ
 
 .PHONY: test-unit
 test-unit: tools ## Unit tests: values, rendering, drift and prune decisions, webhook rules, manifests, image.
-	go test $(GO_TEST_FLAGS) . ./api/... ./internal/... ./config/... ./test/bench/... ./test/harness/...
+	go test $(GO_TEST_FLAGS) . ./api/... ./internal/... ./config/... ./test/bench/... ./test/harness/... ./test/chart/...
 
 .PHONY: test-integration
 test-integration: tools ## The controller against a real kube-apiserver and etcd (envtest).
@@ -58,7 +58,9 @@ test-integration: tools ## The controller against a real kube-apiserver and etcd
 test-e2e: tools build ## Whole flows on a local kwok cluster with the real istiod, in a loopback-only network namespace.
 	go test -c -tags e2e -o $(BIN)/e2e.test ./test/e2e
 	go test -c -tags e2e -o $(BIN)/harness.test ./test/harness
+	go test -c -tags e2e -o $(BIN)/chart.test ./test/chart
 	hack/in-netns.sh $(BIN)/harness.test -test.v -test.timeout 10m
+	hack/in-netns.sh $(BIN)/chart.test -test.v -test.timeout 10m
 	hack/in-netns.sh $(BIN)/e2e.test -test.v -test.timeout 20m -ginkgo.v
 
 .PHONY: bench
@@ -97,6 +99,13 @@ run: build ## Run the operator on this machine against the current context.
 .PHONY: deploy
 deploy: ## Deploy the operator with kustomize (config/default).
 	$(BIN)/kubectl apply --server-side -k config/default
+
+##@ Packaging
+
+.PHONY: bundle
+bundle: ## Generate the OLM bundle (bundle/, bundle.Dockerfile) from config/; commit the result.
+	hack/build-tools.sh kubectl
+	go run ./hack/bundlegen
 
 .PHONY: help
 help:

@@ -1,0 +1,325 @@
+//go:build e2e
+
+package chart
+
+// TestChartOnLocalCluster installs charts/capstan on a local kwok cluster and runs Capstan
+// with what the chart installed. Build and run it inside a loopback-only network namespace:
+//
+//	go test -c -tags e2e -o bin/chart.test ./test/chart
+//	hack/in-netns.sh bin/chart.test -test.v
+//
+// What is real: etcd, kube-apiserver (with its PodSecurity admission enforcing the restricted
+// standard on the release namespace), kube-controller-manager and kube-scheduler; the chart,
+// rendered by the Helm v4 SDK exactly as `helm install` would render it, and its objects
+// applied with server-side apply; the operator binary (bin/capstan), authenticated as the
+// chart's ServiceAccount with a bound token, so it has exactly the chart's RBAC (ClusterRole
+// and the leader-election Role); Capstan's install of Istio's control plane from
+// config/samples.
+//
+// What is simulated: kwok plays the kubelets, so the chart's Deployment gets a pod that is
+// scheduled, admitted and reported Running and Ready on a simulated node, but no container
+// runs and its image is never pulled; the operator therefore runs as a local process (with
+// the chart's container arguments, less the listen addresses) instead of inside that pod.
+// istiod's Deployment likewise becomes Available on simulated nodes (no istiod process: this
+// test is about the chart, test/e2e runs the real istiod). The webhook is off
+// (webhook.enabled=false): the local cluster has no cert-manager to issue its certificate,
+// and no pod would serve it; the unit tests check the webhook's objects.
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/test/harness"
+)
+
+// fieldManager is the field manager Helm v4 applies with.
+const fieldManager = "helm"
+
+func TestChartOnLocalCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	if err := harness.RequireLoopbackNetns(); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.RequireBins("capstan"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c, err := harness.StartCluster(ctx, harness.ClusterOptions{Nodes: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, comp := range []string{"kube-apiserver", "kube-controller-manager"} {
+				t.Logf("--- %s log (tail):\n%s", comp, c.LogTail(comp, 3000))
+			}
+		}
+		if err := c.Stop(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+	})
+	t.Logf("cluster %s up in %v", c.Name, time.Since(start).Round(time.Millisecond))
+	cs := c.Clientset
+	dyn, err := dynamic.NewForConfig(c.RESTConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// 1. Render the chart as `helm install capstan charts/capstan -n capstan-system
+	// --set webhook.enabled=false` would, for this server's version.
+	sv, err := cs.Discovery().ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := loadChart(t)
+	objs, err := renderChart(ch, map[string]any{"webhook": map[string]any{"enabled": false}}, sv.GitVersion)
+	if err != nil {
+		t.Fatalf("rendering the chart: %v", err)
+	}
+	dep := deployment(t, objs)
+	sa := dep.Spec.Template.Spec.ServiceAccountName
+	// harness.StartOperator mints its token for capstan-system/capstan: the chart, installed
+	// as release "capstan", must create exactly that ServiceAccount (and nothing else binds it).
+	if sa != harness.OperatorServiceAccount || releaseNamespace != harness.OperatorNamespace || find(objs, "ServiceAccount", sa) == nil {
+		t.Fatalf("the chart's operator identity is %s/%s (created: %v); harness.StartOperator runs as %s",
+			releaseNamespace, sa, find(objs, "ServiceAccount", sa) != nil, harness.OperatorUser)
+	}
+
+	// The release namespace enforces the restricted Pod Security Standard: the apiserver
+	// rejects the operator's pod unless the chart's security context meets it.
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: releaseNamespace,
+		Labels: map[string]string{
+			"pod-security.kubernetes.io/enforce":         "restricted",
+			"pod-security.kubernetes.io/enforce-version": "latest",
+		},
+	}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// 2. The CRDs first (Helm installs crds/ before the templates), until Established.
+	for _, f := range ch.CRDObjects() {
+		crd, err := parseObject(f.File.Data)
+		if err != nil || crd == nil || crd.GetKind() != "CustomResourceDefinition" {
+			t.Fatalf("%s: %v (kind %v)", f.Filename, err, crd)
+		}
+		ri := dyn.Resource(apiextensionsv1.SchemeGroupVersion.WithResource("customresourcedefinitions"))
+		if _, err := ri.Apply(ctx, crd.GetName(), crd, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
+			t.Fatalf("applying CRD %s: %v", crd.GetName(), err)
+		}
+		eventually(t, ctx, time.Minute, "CRD "+crd.GetName()+" Established", func(ctx context.Context) (bool, string, error) {
+			u, err := ri.Get(ctx, crd.GetName(), metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			var got apiextensionsv1.CustomResourceDefinition
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &got); err != nil {
+				return false, "", err
+			}
+			for _, cond := range got.Status.Conditions {
+				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+					return true, "", nil
+				}
+			}
+			return false, fmt.Sprintf("conditions %+v", got.Status.Conditions), nil
+		})
+	}
+
+	// 3. The templates, server-side.
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cs.Discovery()))
+	for _, o := range objs {
+		gvk := o.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatalf("mapping %s: %v", gvk, err)
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if m.Scope.Name() == meta.RESTScopeNameNamespace {
+			ri = dyn.Resource(m.Resource).Namespace(o.GetNamespace())
+		}
+		if _, err := ri.Apply(ctx, o.GetName(), o, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
+			t.Fatalf("applying %s %s/%s: %v", gvk.Kind, o.GetNamespace(), o.GetName(), err)
+		}
+	}
+	t.Logf("applied %d CRDs and %d objects of the chart", len(ch.CRDObjects()), len(objs))
+
+	// 4. The manager Deployment becomes Available, its pod admitted under the restricted
+	// standard and Running on a simulated node as the chart's ServiceAccount.
+	kwokNodes := simulatedNodes(t, ctx, c)
+	eventually(t, ctx, 2*time.Minute, "Deployment "+dep.Name+" Available on simulated nodes", func(ctx context.Context) (bool, string, error) {
+		d, err := cs.AppsV1().Deployments(releaseNamespace).Get(ctx, dep.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		for _, cond := range d.Status.Conditions {
+			// The ReplicaSet cannot create the pod: PodSecurity (or another admission) refused it.
+			if cond.Type == appsv1.DeploymentReplicaFailure && cond.Status == corev1.ConditionTrue {
+				return false, "", fmt.Errorf("%s: %s", cond.Reason, cond.Message)
+			}
+		}
+		if !deploymentAvailable(d) {
+			return false, fmt.Sprintf("status %+v", d.Status), nil
+		}
+		sel := metav1.FormatLabelSelector(d.Spec.Selector)
+		pods, err := cs.CoreV1().Pods(releaseNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		if len(pods.Items) != int(*dep.Spec.Replicas) {
+			return false, fmt.Sprintf("%d pods match %s", len(pods.Items), sel), nil
+		}
+		for _, p := range pods.Items {
+			if p.Spec.ServiceAccountName != sa {
+				return false, "", fmt.Errorf("pod %s runs as %q, want %q", p.Name, p.Spec.ServiceAccountName, sa)
+			}
+			if p.Status.Phase != corev1.PodRunning || !kwokNodes[p.Spec.NodeName] {
+				return false, fmt.Sprintf("pod %s: %s on %q", p.Name, p.Status.Phase, p.Spec.NodeName), nil
+			}
+		}
+		return true, "", nil
+	})
+
+	// 5. The operator, as the chart's ServiceAccount, with the chart's arguments less the
+	// listen addresses (the harness picks free loopback ports, and waits on /readyz).
+	var args []string
+	for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+		if strings.HasPrefix(a, "--health-probe-bind-address") || strings.HasPrefix(a, "--metrics-bind-address") || a == "--leader-elect" {
+			continue
+		}
+		args = append(args, a)
+	}
+	leaderElect := slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "--leader-elect")
+	if !leaderElect {
+		t.Fatal("the chart's default Deployment does not run leader election")
+	}
+	op, err := harness.StartOperator(ctx, c, harness.OperatorOptions{LeaderElect: leaderElect, Args: args})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- capstan log (tail):\n%s", op.LogTail(6000))
+		}
+		if err := op.Stop(); err != nil {
+			t.Errorf("stopping the operator: %v", err)
+		}
+	})
+	t.Logf("operator running as %s with %v", harness.OperatorUser, args)
+
+	// Leader election works with the chart's Role: the operator holds the Lease.
+	eventually(t, ctx, time.Minute, "the operator holds the leader-election Lease", func(ctx context.Context) (bool, string, error) {
+		l, err := cs.CoordinationV1().Leases(releaseNamespace).Get(ctx, "capstan.mesh.capstan.dev", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "", "no holder", nil
+	})
+
+	// 6. The sample MeshControlPlane becomes Ready: istiod's Deployment Available on the
+	// simulated nodes, installed with nothing but the chart's RBAC.
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.Kubectl(ctx, "apply", "-f", root+"/config/samples/mesh_v1alpha1_meshcontrolplane.yaml"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	mcp := dyn.Resource(meshv1.GroupVersion.WithResource("meshcontrolplanes"))
+	eventually(t, ctx, 3*time.Minute, "MeshControlPlane default Ready=True", func(ctx context.Context) (bool, string, error) {
+		u, err := mcp.Get(ctx, meshv1.SingletonName, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		var m meshv1.MeshControlPlane
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &m); err != nil {
+			return false, "", err
+		}
+		cond := meta.FindStatusCondition(m.Status.Conditions, meshv1.ConditionReady)
+		if cond == nil || cond.Status != metav1.ConditionTrue || cond.ObservedGeneration != m.Generation {
+			return false, fmt.Sprintf("conditions %+v", m.Status.Conditions), nil
+		}
+		return true, "", nil
+	})
+	ns, _, _ := unstructured.NestedString(mustGet(t, ctx, mcp, meshv1.SingletonName).Object, "spec", "namespace")
+	d, err := cs.AppsV1().Deployments(ns).Get(ctx, "istiod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !deploymentAvailable(d) {
+		t.Fatalf("MeshControlPlane is Ready but Deployment %s/istiod is not Available: %+v", ns, d.Status)
+	}
+	t.Logf("MeshControlPlane default Ready, %s/istiod %d/%d available; whole test in %v",
+		ns, d.Status.AvailableReplicas, *d.Spec.Replicas, time.Since(start).Round(time.Millisecond))
+}
+
+func deploymentAvailable(d *appsv1.Deployment) bool {
+	if d.Spec.Replicas == nil || d.Status.ObservedGeneration < d.Generation || d.Status.AvailableReplicas < *d.Spec.Replicas {
+		return false
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentAvailable {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func simulatedNodes(t *testing.T, ctx context.Context, c *harness.Cluster) map[string]bool {
+	t.Helper()
+	nodes, err := c.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, n := range nodes.Items {
+		if n.Annotations["kwok.x-k8s.io/node"] == "fake" {
+			out[n.Name] = true
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no simulated nodes")
+	}
+	return out
+}
+
+func mustGet(t *testing.T, ctx context.Context, ri dynamic.NamespaceableResourceInterface, name string) *unstructured.Unstructured {
+	t.Helper()
+	u, err := ri.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// eventually polls cond until it returns true, returns an error, or timeout passes; then it
+// fails the test with the last message cond gave.
+func eventually(t *testing.T, ctx context.Context, timeout time.Duration, what string, cond func(context.Context) (bool, string, error)) {
+	t.Helper()
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		ok, msg, err := cond(ctx)
+		last = msg
+		return ok, err
+	})
+	if err != nil {
+		t.Fatalf("%s: %v (last: %s)", what, err, last)
+	}
+}
