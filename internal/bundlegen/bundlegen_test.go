@@ -1,0 +1,350 @@
+package bundlegen_test
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	operatorsv1alpha1 "github.com/operator-framework/api/pkg/operators/v1alpha1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	"github.com/capstan-mesh/capstan/internal/bundlegen"
+)
+
+// config is a synthetic rendered configuration with one object of every kind Build sorts:
+// what kustomize prints for an operator with a webhook (certificate from cert-manager),
+// leader election, metrics and an extra auth-delegator binding.
+const config = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: op-system, labels: {pod-security.kubernetes.io/enforce: restricted}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: op, namespace: op-system}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: op, namespace: op-system, labels: {app: op}}
+spec:
+  selector: {matchLabels: {app: op}}
+  template:
+    metadata: {labels: {app: op}}
+    spec:
+      serviceAccountName: op
+      containers:
+      - name: manager
+        image: example.com/op:v1.2.3
+        ports: [{name: webhook, containerPort: 9443}]
+        volumeMounts:
+        - {name: cert, mountPath: /tmp/k8s-webhook-server/serving-certs/}
+        - {name: cache, mountPath: /cache}
+      volumes:
+      - {name: cert, secret: {secretName: op-cert}}
+      - {name: cache, emptyDir: {}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: op-manager}
+rules: [{apiGroups: [apps], resources: [deployments], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: op-manager}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: op-manager}
+subjects: [{kind: ServiceAccount, name: op, namespace: op-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: op-auth-delegator}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}
+subjects: [{kind: ServiceAccount, name: op, namespace: op-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: op-metrics-reader}
+rules: [{nonResourceURLs: [/metrics], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: op-leader, namespace: op-system}
+rules: [{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: op-leader, namespace: op-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: op-leader}
+subjects: [{kind: ServiceAccount, name: op, namespace: op-system}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: op-webhook, namespace: op-system}
+spec:
+  selector: {app: op}
+  ports: [{port: 443, targetPort: webhook}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: op-metrics, namespace: op-system}
+spec:
+  selector: {app: op}
+  ports: [{port: 8443}]
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: op, namespace: op-system}
+spec: {secretName: op-cert}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: op}
+webhooks:
+- name: v.example.com
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  clientConfig: {service: {name: op-webhook, namespace: op-system, path: /validate}}
+  rules: [{apiGroups: [mesh.capstan.dev], apiVersions: [v1alpha1], operations: [CREATE], resources: [meshcontrolplanes]}]
+`
+
+// sample is the example resource (alm-examples).
+const sample = `
+apiVersion: mesh.capstan.dev/v1alpha1
+kind: MeshControlPlane
+metadata: {name: default}
+spec: {version: 1.31.1}
+`
+
+// inputs decodes the synthetic configuration plus the real MeshControlPlane CRD (whose
+// schema the console descriptors are checked against), and the sample.
+func inputs(t *testing.T) (objs, samples []*unstructured.Unstructured) {
+	t.Helper()
+	crd, err := os.ReadFile(filepath.Join(repoRoot, "config/crd/bases/mesh.capstan.dev_meshcontrolplanes.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err = bundlegen.Decode(append([]byte(config+"\n---\n"), crd...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples, err = bundlegen.Decode([]byte(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs, samples
+}
+
+// csvOf decodes the CSV of a generated bundle.
+func csvOf(t *testing.T, files bundlegen.Files) *operatorsv1alpha1.ClusterServiceVersion {
+	t.Helper()
+	var csv operatorsv1alpha1.ClusterServiceVersion
+	if err := yaml.Unmarshal(files[bundlegen.ManifestsDir+"/capstan.clusterserviceversion.yaml"], &csv); err != nil {
+		t.Fatal(err)
+	}
+	return &csv
+}
+
+// TestBuild checks where each kind of configuration object ends up.
+func TestBuild(t *testing.T) {
+	objs, samples := inputs(t)
+	files, err := bundlegen.Build(objs, samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	wantFiles := []string{
+		"bundle.Dockerfile",
+		"bundle/manifests/capstan.clusterserviceversion.yaml",
+		"bundle/manifests/mesh.capstan.dev_meshcontrolplanes.yaml",
+		"bundle/manifests/op-auth-delegator_rbac.authorization.k8s.io_v1_clusterrolebinding.yaml",
+		"bundle/manifests/op-metrics-reader_rbac.authorization.k8s.io_v1_clusterrole.yaml",
+		"bundle/manifests/op-metrics_v1_service.yaml",
+		"bundle/metadata/annotations.yaml",
+	}
+	if got := files.Paths(); !slices.Equal(got, wantFiles) {
+		t.Errorf("files:\n got %q\nwant %q", got, wantFiles)
+	}
+	if svc := string(files["bundle/manifests/op-metrics_v1_service.yaml"]); strings.Contains(svc, "namespace:") {
+		t.Errorf("the metrics Service keeps its namespace (OLM picks it):\n%s", svc)
+	}
+
+	csv := csvOf(t, files)
+	strategy := csv.Spec.InstallStrategy.StrategySpec
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"name", csv.Name, "capstan.v1.2.3"},
+		{"container image", csv.Annotations["containerImage"], "example.com/op:v1.2.3"},
+		{"suggested namespace", csv.Annotations["operatorframework.io/suggested-namespace"], "op-system"},
+		{"deployments", len(strategy.DeploymentSpecs), 1},
+		{"deployment label", strategy.DeploymentSpecs[0].Label["app"], "op"},
+		{"volumes (certificate removed)", len(strategy.DeploymentSpecs[0].Spec.Template.Spec.Volumes), 1},
+		{"mounts (certificate removed)", len(strategy.DeploymentSpecs[0].Spec.Template.Spec.Containers[0].VolumeMounts), 1},
+		{"cluster permissions", len(strategy.ClusterPermissions), 1},
+		{"cluster permissions SA", strategy.ClusterPermissions[0].ServiceAccountName, "op"},
+		{"cluster permission resource", strategy.ClusterPermissions[0].Rules[0].Resources[0], "deployments"},
+		{"permissions", len(strategy.Permissions), 1},
+		{"permission resource", strategy.Permissions[0].Rules[0].Resources[0], "leases"},
+		{"webhooks", len(csv.Spec.WebhookDefinitions), 1},
+		{"webhook type", csv.Spec.WebhookDefinitions[0].Type, operatorsv1alpha1.ValidatingAdmissionWebhook},
+		{"webhook deployment", csv.Spec.WebhookDefinitions[0].DeploymentName, "op"},
+		{"webhook containerPort", csv.Spec.WebhookDefinitions[0].ContainerPort, int32(443)},
+		{"webhook targetPort (named port resolved)", csv.Spec.WebhookDefinitions[0].TargetPort.IntValue(), 9443},
+		{"webhook path", *csv.Spec.WebhookDefinitions[0].WebhookPath, "/validate"},
+		{"related pilot image", csv.Spec.RelatedImages[1].Image, "docker.io/istio/pilot:1.31.1"},
+		{"owned CRDs", len(csv.Spec.CustomResourceDefinitions.Owned), 1},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.what, c.got, c.want)
+		}
+	}
+}
+
+// TestBuildDescriptors checks the console form against the CRD schema: selects list the
+// schema's enum, and every descriptor has a description.
+func TestBuildDescriptors(t *testing.T) {
+	objs, samples := inputs(t)
+	files, err := bundlegen.Build(objs, samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := csvOf(t, files).Spec.CustomResourceDefinitions.Owned[0]
+	byPath := map[string][]string{}
+	for _, d := range owned.SpecDescriptors {
+		if d.Description == "" || d.DisplayName == "" {
+			t.Errorf("spec descriptor %s lacks a display name or description", d.Path)
+		}
+		byPath[d.Path] = d.XDescriptors
+	}
+	select_ := "urn:alm:descriptor:com.tectonic.ui:select:"
+	for _, tc := range []struct {
+		path string
+		want []string
+	}{
+		{"profile", []string{select_ + "default", select_ + "demo", select_ + "minimal", select_ + "preview", select_ + "stable", select_ + "openshift"}},
+		{"meshConfig.outboundTrafficPolicy.mode", []string{select_ + "ALLOW_ANY", select_ + "REGISTRY_ONLY"}},
+		{"components.pilot.replicas", []string{"urn:alm:descriptor:com.tectonic.ui:podCount"}},
+		{"uninstall.removeCRDs", []string{"urn:alm:descriptor:com.tectonic.ui:booleanSwitch", "urn:alm:descriptor:com.tectonic.ui:advanced"}},
+	} {
+		if got := byPath[tc.path]; !slices.Equal(got, tc.want) {
+			t.Errorf("%s: x-descriptors %q, want %q", tc.path, got, tc.want)
+		}
+	}
+	var status []string
+	for _, d := range owned.StatusDescriptors {
+		status = append(status, d.Path)
+	}
+	if want := []string{"conditions", "version", "components", "observedGeneration"}; !slices.Equal(status, want) {
+		t.Errorf("status descriptors %q, want %q", status, want)
+	}
+}
+
+// TestBuildDeterministic feeds the objects in random orders: the files must not change.
+func TestBuildDeterministic(t *testing.T) {
+	objs, samples := inputs(t)
+	first, err := bundlegen.Build(objs, samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		shuffled := slices.Clone(objs)
+		rand.Shuffle(len(shuffled), func(a, b int) { shuffled[a], shuffled[b] = shuffled[b], shuffled[a] })
+		again, err := bundlegen.Build(shuffled, samples)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range first.Paths() {
+			if !bytes.Equal(first[p], again[p]) {
+				t.Errorf("run %d: %s changed with the input order", i, p)
+			}
+		}
+	}
+}
+
+// TestBuildErrors checks that Build refuses what it cannot bundle faithfully.
+func TestBuildErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(objs []*unstructured.Unstructured) []*unstructured.Unstructured
+		want   string
+	}{{
+		name: "no deployment",
+		mutate: func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			return slices.DeleteFunc(objs, func(o *unstructured.Unstructured) bool { return o.GetKind() == "Deployment" })
+		},
+		want: "no Deployment",
+	}, {
+		name: "image tag not a version",
+		mutate: func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			d := find(objs, "Deployment")
+			containers, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+			containers[0].(map[string]any)["image"] = "example.com/op:latest"
+			_ = unstructured.SetNestedSlice(d.Object, containers, "spec", "template", "spec", "containers")
+			return objs
+		},
+		want: "not a semantic version",
+	}, {
+		name: "kind OLM cannot install",
+		mutate: func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			return append(objs, &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": map[string]any{"name": "x"},
+			}})
+		},
+		want: "OLM cannot install this kind",
+	}, {
+		name: "webhook by URL",
+		mutate: func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			w := find(objs, "ValidatingWebhookConfiguration")
+			hooks, _, _ := unstructured.NestedSlice(w.Object, "webhooks")
+			hooks[0].(map[string]any)["clientConfig"] = map[string]any{"url": "https://example.com/validate"}
+			_ = unstructured.SetNestedSlice(w.Object, hooks, "webhooks")
+			return objs
+		},
+		want: "only webhooks served by a Service",
+	}, {
+		name: "descriptor for a field the CRD lacks",
+		mutate: func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			unstructured.RemoveNestedField(schemaOf(find(objs, "CustomResourceDefinition")), "properties", "spec", "properties", "profile")
+			return objs
+		},
+		want: "descriptor spec.profile: no such field",
+	}, {
+		name: "select without enum",
+		mutate: func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			unstructured.RemoveNestedField(schemaOf(find(objs, "CustomResourceDefinition")), "properties", "spec", "properties", "profile", "enum")
+			return objs
+		},
+		want: "a select needs an enum",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, samples := inputs(t)
+			_, err := bundlegen.Build(tc.mutate(objs), samples)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// find is the first object of a kind.
+func find(objs []*unstructured.Unstructured, kind string) *unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == kind {
+			return o
+		}
+	}
+	panic("no " + kind)
+}
+
+// schemaOf is the OpenAPI schema of a CRD's first version, to edit in place.
+func schemaOf(crd *unstructured.Unstructured) map[string]any {
+	versions := crd.Object["spec"].(map[string]any)["versions"].([]any) // not NestedSlice: it copies
+	return versions[0].(map[string]any)["schema"].(map[string]any)["openAPIV3Schema"].(map[string]any)
+}

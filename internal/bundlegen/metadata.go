@@ -1,0 +1,153 @@
+package bundlegen
+
+import (
+	_ "embed"
+
+	operatorsv1alpha1 "github.com/operator-framework/api/pkg/operators/v1alpha1"
+)
+
+// The catalog-facing facts about Capstan that config/ does not hold. Everything else in the
+// ClusterServiceVersion (deployment, permissions, webhooks, CRDs, images, version) is taken
+// from what kustomize renders, so it cannot drift from `make deploy`.
+const (
+	// PackageName is the OLM package, and the prefix of the CSV name (capstan.v<version>).
+	PackageName = "capstan"
+	// Channel is the only channel the bundle is published in, and its default. "alpha"
+	// matches the API version (v1alpha1): no upgrade guarantees yet.
+	Channel = "alpha"
+	// CreatedAt is the CSV's createdAt annotation. It is fixed, not the time of the run, so
+	// that regenerating an unchanged config/ gives byte-identical files; bump it on release.
+	CreatedAt = "2026-11-22T00:00:00Z"
+	// Builder is the operators.operatorframework.io/builder annotation: what generated the
+	// bundle (there is no operator-sdk here).
+	Builder = "capstan-bundlegen"
+	// MinKubeVersion is the oldest Kubernetes the bundle installs on: Istio's base chart
+	// installs a ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1, GA in 1.30),
+	// and the CRD's CEL rules need 1.25+.
+	MinKubeVersion = "1.30.0"
+	// Capabilities is the operator capability level. Basic Install is what Capstan does
+	// today; Seamless Upgrades (canary control-plane upgrades) is planned, not built.
+	Capabilities = "Basic Install"
+	// Categories are OperatorHub's standard categories Capstan belongs to.
+	Categories = "Networking, Security"
+	// Repository is the source repository, used for links and the repository annotation.
+	Repository = "https://github.com/capstan-mesh/capstan"
+	// IstioHub is the registry path of Istio's images; the tag is the CRD's default
+	// spec.version, the Istio release Capstan installs unless told otherwise.
+	IstioHub = "docker.io/istio"
+	// ShortDescription is the one-line description shown on catalog tiles.
+	ShortDescription = "Installs Istio's control plane from one MeshControlPlane resource and keeps it as declared."
+)
+
+// description is the CSV's spec.description (Markdown), shown on the operator's catalog page.
+//
+//go:embed description.md
+var description string
+
+// icon is the catalog icon, an original SVG (a capstan drum with its bars and rope).
+//
+//go:embed icon.svg
+var icon []byte
+
+// keywords help users find the operator in a catalog.
+var keywords = []string{"istio", "service mesh", "istiod", "control plane", "mtls", "networking"}
+
+// maintainers are who answers for the operator.
+var maintainers = []operatorsv1alpha1.Maintainer{
+	{Name: "Capstan maintainers", Email: "maintainers@capstan.dev"},
+}
+
+// links are shown on the catalog page.
+var links = []operatorsv1alpha1.AppLink{
+	{Name: "Source code", URL: Repository},
+	{Name: "Documentation", URL: Repository + "#readme"},
+	{Name: "Istio", URL: "https://istio.io"},
+}
+
+// provider is the organisation shipping the bundle.
+var provider = operatorsv1alpha1.AppLink{Name: "Capstan", URL: "https://github.com/capstan-mesh"}
+
+// ownedKinds describes each CRD kind Capstan owns: its display name, the objects a resource
+// of that kind makes Capstan create (the console's "Resources" tab), and the form fields.
+var ownedKinds = map[string]ownedKind{
+	"MeshControlPlane": {
+		DisplayName: "Mesh Control Plane",
+		Resources: []operatorsv1alpha1.APIResourceReference{
+			{Kind: "Namespace", Version: "v1"},
+			{Kind: "Deployment", Version: "v1"},
+			{Kind: "Service", Version: "v1"},
+			{Kind: "ConfigMap", Version: "v1"},
+			{Kind: "ServiceAccount", Version: "v1"},
+			{Kind: "HorizontalPodAutoscaler", Version: "v2"},
+			{Kind: "PodDisruptionBudget", Version: "v1"},
+			{Kind: "MutatingWebhookConfiguration", Version: "v1"},
+			{Kind: "ValidatingWebhookConfiguration", Version: "v1"},
+			{Kind: "CustomResourceDefinition", Version: "v1"},
+		},
+		Spec:   meshControlPlaneSpecFields,
+		Status: meshControlPlaneStatusFields,
+	},
+}
+
+// ownedKind is the console metadata of one owned CRD kind.
+type ownedKind struct {
+	DisplayName string
+	Resources   []operatorsv1alpha1.APIResourceReference
+	Spec        []field // paths under .spec
+	Status      []field // paths under .status
+}
+
+// field is one spec or status descriptor. Its description is not written here: it is the
+// field's description in the CRD schema (the same text kubectl explain shows), so the form
+// cannot say something the API does not.
+type field struct {
+	// Path is the dotted path below .spec or .status; it must exist in the CRD schema.
+	Path string
+	// DisplayName is the form label.
+	DisplayName string
+	// XDescriptors are the console widgets and hints (urn:alm:descriptor:...).
+	XDescriptors []string
+	// SelectFromEnum adds one select option per value of the field's enum in the schema.
+	SelectFromEnum bool
+}
+
+// Console descriptors (https://github.com/openshift/console/blob/main/frontend/packages/operator-lifecycle-manager/src/components/descriptors/reference/reference.md).
+const (
+	xText          = "urn:alm:descriptor:com.tectonic.ui:text"
+	xNumber        = "urn:alm:descriptor:com.tectonic.ui:number"
+	xPodCount      = "urn:alm:descriptor:com.tectonic.ui:podCount"
+	xResources     = "urn:alm:descriptor:com.tectonic.ui:resourceRequirements"
+	xBooleanSwitch = "urn:alm:descriptor:com.tectonic.ui:booleanSwitch"
+	xAdvanced      = "urn:alm:descriptor:com.tectonic.ui:advanced"
+	xHidden        = "urn:alm:descriptor:com.tectonic.ui:hidden"
+	xSelectPrefix  = "urn:alm:descriptor:com.tectonic.ui:select:"
+	xStatusText    = "urn:alm:descriptor:text"
+	xConditions    = "urn:alm:descriptor:io.kubernetes.conditions"
+)
+
+// meshControlPlaneSpecFields is the MeshControlPlane form, in the order the console shows it.
+var meshControlPlaneSpecFields = []field{
+	{Path: "version", DisplayName: "Istio version", XDescriptors: []string{xText}},
+	{Path: "profile", DisplayName: "Profile", SelectFromEnum: true},
+	{Path: "namespace", DisplayName: "Control plane namespace", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "components.pilot.replicas", DisplayName: "istiod replicas", XDescriptors: []string{xPodCount}},
+	{Path: "components.pilot.resources", DisplayName: "istiod resources", XDescriptors: []string{xResources}},
+	{Path: "components.pilot.autoscale.min", DisplayName: "istiod autoscale minimum", XDescriptors: []string{xNumber, xAdvanced}},
+	{Path: "components.pilot.autoscale.max", DisplayName: "istiod autoscale maximum", XDescriptors: []string{xNumber, xAdvanced}},
+	{Path: "components.pilot.autoscale.targetCPUUtilizationPercentage", DisplayName: "istiod autoscale CPU target (%)", XDescriptors: []string{xNumber, xAdvanced}},
+	{Path: "meshConfig.accessLogFile", DisplayName: "Access log file", XDescriptors: []string{xText}},
+	{Path: "meshConfig.accessLogEncoding", DisplayName: "Access log encoding", SelectFromEnum: true},
+	{Path: "meshConfig.trustDomain", DisplayName: "Trust domain", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "meshConfig.outboundTrafficPolicy.mode", DisplayName: "Outbound traffic policy", SelectFromEnum: true},
+	{Path: "uninstall.removeCRDs", DisplayName: "Remove Istio CRDs on uninstall", XDescriptors: []string{xBooleanSwitch, xAdvanced}},
+	// Free-form Helm values do not fit a form: hidden there, edited in the YAML view.
+	{Path: "values", DisplayName: "Helm values", XDescriptors: []string{xAdvanced, xHidden}},
+}
+
+// meshControlPlaneStatusFields is what the console shows of a MeshControlPlane's status.
+var meshControlPlaneStatusFields = []field{
+	{Path: "conditions", DisplayName: "Conditions", XDescriptors: []string{xConditions}},
+	{Path: "version", DisplayName: "Installed Istio version", XDescriptors: []string{xStatusText}},
+	{Path: "components", DisplayName: "Components", XDescriptors: []string{xStatusText}},
+	{Path: "observedGeneration", DisplayName: "Observed generation", XDescriptors: []string{xHidden}},
+}
