@@ -156,9 +156,14 @@ func TestChartOnLocalCluster(t *testing.T) {
 			return false, err.Error(), nil
 		}
 		for _, cond := range d.Status.Conditions {
-			// The ReplicaSet cannot create the pod: PodSecurity (or another admission) refused it.
+			// The ReplicaSet cannot create the pod. A PodSecurity refusal is final; anything
+			// else (the ServiceAccount not yet visible to admission, say) the ReplicaSet
+			// controller retries.
 			if cond.Type == appsv1.DeploymentReplicaFailure && cond.Status == corev1.ConditionTrue {
-				return false, "", fmt.Errorf("%s: %s", cond.Reason, cond.Message)
+				if strings.Contains(cond.Message, "violates PodSecurity") {
+					return false, "", fmt.Errorf("%s: %s", cond.Reason, cond.Message)
+				}
+				return false, cond.Reason + ": " + cond.Message, nil
 			}
 		}
 		if !deploymentAvailable(d) {
