@@ -37,11 +37,19 @@ type Component struct {
 	Name string
 	// Chart is the chart's directory in istio.io/istio/manifests.
 	Chart string
+	// ValueKeys, when set, are the only top-level values the chart's templates read, so the
+	// chart is rendered with those alone: a spec change elsewhere (istiod's replicas, say)
+	// then finds the chart's render in the memo. A test keeps the list complete. Nil means
+	// every value (the istiod chart writes all of them into a ConfigMap).
+	ValueKeys []string
 }
 
 // Components are installed in this order; later issues add gateways and CNI here.
 var (
-	Base    = Component{Name: "base", Chart: "charts/base"}
+	Base = Component{Name: "base", Chart: "charts/base", ValueKeys: []string{
+		"_internal_defaults_do_not_set", "base", "compatibilityVersion", "defaultRevision",
+		"defaults", "experimental", "global", "platform", "profile",
+	}}
 	Istiod  = Component{Name: "istiod", Chart: "charts/istio-control/istio-discovery"}
 	Install = []Component{Base, Istiod}
 )
@@ -95,26 +103,11 @@ func load(fsys fs.FS, dir string) (*chartv2.Chart, error) {
 
 // Render renders every component with in.Values and returns the objects in apply order.
 // Rendering Istio's charts costs a few hundred milliseconds of CPU (mostly YAML: the CRDs
-// pass through the templates' fromYaml), so the results of the last few inputs are kept:
-// a reconcile of an unchanged spec, as every drift repair is, renders nothing. The caller
-// owns the returned objects.
+// pass through the base chart's fromYaml), so each chart's renders of the last few inputs
+// are kept: a reconcile of an unchanged spec, as every drift repair is, renders nothing,
+// and a change to istiod's settings renders only the istiod chart. The caller owns the
+// returned objects.
 func Render(in Input) ([]Object, error) {
-	key, err := in.key()
-	if err != nil {
-		return nil, err
-	}
-	if objs, ok := memo.get(key); ok {
-		return objs, nil
-	}
-	objs, err := render(in)
-	if err != nil {
-		return nil, err
-	}
-	memo.put(key, objs)
-	return objs, nil
-}
-
-func render(in Input) ([]Object, error) {
 	charts, err := loadCharts()
 	if err != nil {
 		return nil, err
@@ -132,9 +125,23 @@ func render(in Input) ([]Object, error) {
 	var g errgroup.Group
 	for i, c := range Install {
 		g.Go(func() error {
-			objs, err := renderChart(charts[c.Name], c, in, caps)
+			cin := in
+			cin.Values = c.values(in.Values)
+			key, err := cin.key(c.Name)
+			if err != nil {
+				return err
+			}
+			if objs, ok := memo.get(key); ok {
+				results[i] = objs
+				return nil
+			}
+			objs, err := renderChart(charts[c.Name], c, cin, caps)
+			if err != nil {
+				return err
+			}
+			memo.put(key, objs)
 			results[i] = objs
-			return err
+			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
@@ -146,6 +153,20 @@ func render(in Input) ([]Object, error) {
 	}
 	slices.SortStableFunc(out, func(a, b Object) int { return applyRank(a) - applyRank(b) })
 	return out, nil
+}
+
+// values picks the values a component's chart reads.
+func (c Component) values(all map[string]any) map[string]any {
+	if c.ValueKeys == nil {
+		return all
+	}
+	out := map[string]any{}
+	for _, k := range c.ValueKeys {
+		if v, ok := all[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func renderChart(ch *chartv2.Chart, c Component, in Input, caps *common.Capabilities) ([]Object, error) {
@@ -223,23 +244,23 @@ func copyValues(v map[string]any) map[string]any {
 	return runtime.DeepCopyJSON(v)
 }
 
-// key identifies an input: equal keys render equal objects.
-func (in Input) key() (string, error) {
+// key identifies a chart's input: equal keys render equal objects.
+func (in Input) key(chart string) (string, error) {
 	b, err := json.Marshal(in.Values) // map keys marshal sorted, so this is canonical
 	if err != nil {
 		return "", fmt.Errorf("values: %w", err)
 	}
 	h := sha256.New()
 	h.Write(b)
-	fmt.Fprintf(h, "\x00%s\x00%s", in.Namespace, in.KubeVersion)
+	fmt.Fprintf(h, "\x00%s\x00%s\x00%s", chart, in.Namespace, in.KubeVersion)
 	return string(h.Sum(nil)), nil
 }
 
-// memo keeps the renders of the last few inputs, encoded as JSON: a fraction of the
+// memo keeps each chart's renders of the last few inputs, encoded as JSON: a fraction of the
 // memory of the decoded objects, and decoding costs far less than rendering.
 var memo = &renderMemo{}
 
-const memoSize = 2
+const memoSize = 4
 
 type renderMemo struct {
 	mu      sync.Mutex

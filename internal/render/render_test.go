@@ -1,8 +1,14 @@
 package render
 
 import (
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	"helm.sh/helm/v4/pkg/chart/common"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -140,5 +146,84 @@ func TestRenderReturnsObjectsTheCallerOwns(t *testing.T) {
 	third := renderSpec(t, meshv1.MeshControlPlaneSpec{Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: &replicas}}})
 	if r, _, _ := unstructured.NestedInt64(find(third, "Deployment", "istiod").Object, "spec", "replicas"); r != 2 {
 		t.Errorf("a different spec got a remembered render: replicas %d", r)
+	}
+}
+
+// TestValueKeysCoverWhatTheChartReads keeps Component.ValueKeys honest: every top-level
+// value a restricted chart's templates read must be in the list, or a spec change that
+// affects the chart would be served a stale render.
+func TestValueKeysCoverWhatTheChartReads(t *testing.T) {
+	charts, err := loadCharts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := regexp.MustCompile(`\.Values\)?\.([A-Za-z_][A-Za-z0-9_]*)`)
+	for _, c := range Install {
+		if c.ValueKeys == nil {
+			continue
+		}
+		var read int
+		for _, tpl := range charts[c.Name].Templates {
+			for _, m := range ref.FindAllStringSubmatch(string(tpl.Data), -1) {
+				read++
+				if !slices.Contains(c.ValueKeys, m[1]) {
+					t.Errorf("chart %s: %s reads .Values.%s, which is not in its ValueKeys", c.Name, tpl.Name, m[1])
+				}
+			}
+		}
+		if read == 0 {
+			t.Errorf("chart %s: found no value references; is the pattern still right?", c.Name)
+		}
+	}
+}
+
+// TestRestrictedValuesRenderTheSame compares a restricted chart's render from its value
+// keys alone with its render from every value, for specs that touch many settings.
+func TestRestrictedValuesRenderTheSame(t *testing.T) {
+	charts, err := loadCharts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := int32(3)
+	specs := map[string]meshv1.MeshControlPlaneSpec{
+		"defaults":       {},
+		"demo profile":   {Profile: "demo"},
+		"openshift":      {Profile: "openshift", Namespace: "mesh"},
+		"istiod changes": {Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: &replicas}}, MeshConfig: &meshv1.MeshConfigSpec{TrustDomain: "corp.example"}},
+		"raw values":     {Values: &apiextensionsv1.JSON{Raw: []byte(`{"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"defaultRevision":"canary","global":{"istioNamespace":"mesh"}}`)}},
+	}
+	caps := common.DefaultCapabilities.Copy()
+	for name, spec := range specs {
+		t.Run(name, func(t *testing.T) {
+			v, err := values.For(&spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns := spec.Namespace
+			if ns == "" {
+				ns = "istio-system"
+			}
+			for _, c := range Install {
+				if c.ValueKeys == nil {
+					continue
+				}
+				full, err := renderChart(charts[c.Name], c, Input{Values: v, Namespace: ns}, caps)
+				if err != nil {
+					t.Fatal(err)
+				}
+				restricted, err := renderChart(charts[c.Name], c, Input{Values: c.values(v), Namespace: ns}, caps)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(full) != len(restricted) {
+					t.Fatalf("chart %s: %d objects from all values, %d from its keys", c.Name, len(full), len(restricted))
+				}
+				for i := range full {
+					if !equality.Semantic.DeepEqual(full[i].Object, restricted[i].Object) {
+						t.Errorf("chart %s: %s %s differs when rendered from its value keys alone", c.Name, full[i].GetKind(), full[i].GetName())
+					}
+				}
+			}
+		})
 	}
 }
