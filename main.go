@@ -4,9 +4,12 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
+	"sync/atomic"
 
 	"k8s.io/client-go/discovery"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -121,12 +124,24 @@ func run() error {
 		return err
 	}
 	// Load and render the embedded charts once before any MeshControlPlane arrives: this
-	// proves they render, and the first install does not pay for parsing them.
+	// proves they render, and the first install does not pay for parsing them. The
+	// operator reports ready only once they have.
+	var warmed atomic.Bool
 	go func() {
 		if err := render.Warm(sv.GitVersion); err != nil {
 			ctrl.Log.WithName("setup").Error(err, "the embedded charts do not render with default values")
+			return
 		}
+		warmed.Store(true)
 	}()
+	if err := mgr.AddReadyzCheck("charts", func(*http.Request) error {
+		if !warmed.Load() {
+			return errors.New("the embedded charts are not rendered yet")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	ctrl.Log.WithName("setup").Info("starting", "kubernetes", sv.GitVersion)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }

@@ -9,16 +9,17 @@ import (
 type Kind struct {
 	schema.GroupVersionKind
 	Namespaced bool
-	// rank orders applies in waves: definitions, then identities, permissions and
-	// configuration, then workloads, and last the webhooks and policies that call them or
-	// gate admission. Objects of one rank are applied together.
+	// rank orders applies in waves: Istio's CRDs with the identities, permissions and
+	// configuration (nothing Capstan installs is an Istio resource, so nothing waits for the
+	// CRDs), then workloads, and last the webhooks and policies that call them or gate
+	// admission. Objects of one rank are applied together. The namespace comes first.
 	rank int
 }
 
 // Kinds is the closed list of kinds Capstan manages. A chart that renders any other kind
 // fails to render, so RBAC never needs a wildcard.
 var Kinds = []Kind{
-	{gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"), false, 0},
+	{gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"), false, 1},
 	{gvk("", "v1", "Namespace"), false, 0},
 	{gvk("", "v1", "ServiceAccount"), true, 1},
 	{gvk("rbac.authorization.k8s.io", "v1", "ClusterRole"), false, 1},

@@ -260,7 +260,7 @@ func (in Input) key(chart string) (string, error) {
 // memory of the decoded objects, and decoding costs far less than rendering.
 var memo = &renderMemo{}
 
-const memoSize = 4
+const memoSize = 2
 
 type renderMemo struct {
 	mu      sync.Mutex
