@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -245,6 +246,16 @@ var _ = Describe("MeshControlPlane lifecycle", Ordered, func() {
 			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, &autoscalingv2.HorizontalPodAutoscaler{}))
 		}).Should(BeTrue())
 		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(foreign), foreign)).To(Succeed())
+		// Nothing has rolled out the second replica (envtest runs no Deployment controller):
+		// the new generation must never be reported Ready from a stale view of the old one.
+		Consistently(func(g Gomega) metav1.ConditionStatus {
+			m := getMCP()
+			c := meta.FindStatusCondition(m.Status.Conditions, meshv1.ConditionReady)
+			if c == nil || c.ObservedGeneration != m.Generation {
+				return metav1.ConditionUnknown
+			}
+			return c.Status
+		}).WithTimeout(2 * time.Second).ShouldNot(Equal(metav1.ConditionTrue))
 		Eventually(condition(meshv1.ConditionReady)).Should(HaveField("Reason", meshv1.ReasonComponentsNotReady))
 		markAvailable(ns)
 		Eventually(condition(meshv1.ConditionReady)).Should(HaveField("Status", metav1.ConditionTrue))

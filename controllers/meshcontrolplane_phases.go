@@ -42,8 +42,11 @@ type scope struct {
 	// applied are the objects written in this reconcile; repaired those among them that
 	// had drifted from an unchanged spec.
 	applied, repaired []apply.Ref
-	failure           *failure
-	stop              bool
+	// written holds the apiserver's answer to each apply of this reconcile: fresher than
+	// the cache, which has not seen those writes yet.
+	written map[apply.Ref]*unstructured.Unstructured
+	failure *failure
+	stop    bool
 	// released is set once the finalizer is gone and the object may no longer exist.
 	released bool
 }
@@ -176,6 +179,10 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 		logger.V(1).Info("applied", "object", ref.String())
 		mu.Lock()
 		defer mu.Unlock()
+		if s.written == nil {
+			s.written = map[apply.Ref]*unstructured.Unstructured{}
+		}
+		s.written[ref] = obj
 		s.applied = append(s.applied, ref)
 		if repair[ref] {
 			s.repaired = append(s.repaired, ref)
@@ -297,12 +304,21 @@ func (r *MeshControlPlaneReconciler) prune(ctx context.Context, s *scope) (ctrl.
 	return ctrl.Result{}, nil
 }
 
-// observe reads the components' readiness into status.
+// observe reads the components' readiness into status. A Deployment written in this
+// reconcile is judged by the apiserver's answer to that write, never by the cache, which
+// may still hold the previous spec with all its replicas available.
 func (r *MeshControlPlaneReconciler) observe(ctx context.Context, s *scope) (ctrl.Result, error) {
-	dep := &unstructured.Unstructured{}
-	dep.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
+	gvk := appsv1.SchemeGroupVersion.WithKind("Deployment")
+	ref := apply.Ref{GVK: gvk}
+	ref.Namespace, ref.Name = s.namespace, "istiod"
 	cs := meshv1.ComponentStatus{Name: "istiod"}
-	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: "istiod"}, dep)
+	var err error
+	dep := s.written[ref]
+	if dep == nil {
+		dep = &unstructured.Unstructured{}
+		dep.SetGroupVersionKind(gvk)
+		err = r.Get(ctx, ref.NamespacedName, dep)
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 	case err != nil:
