@@ -40,7 +40,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
@@ -123,7 +122,7 @@ func TestChartOnLocalCluster(t *testing.T) {
 		if _, err := ri.Apply(ctx, crd.GetName(), crd, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
 			t.Fatalf("applying CRD %s: %v", crd.GetName(), err)
 		}
-		eventually(t, ctx, time.Minute, "CRD "+crd.GetName()+" Established", func(ctx context.Context) (bool, string, error) {
+		harness.Eventually(t, ctx, time.Minute, "CRD "+crd.GetName()+" Established", func(ctx context.Context) (bool, string, error) {
 			u, err := ri.Get(ctx, crd.GetName(), metav1.GetOptions{})
 			if err != nil {
 				return false, err.Error(), nil
@@ -150,7 +149,7 @@ func TestChartOnLocalCluster(t *testing.T) {
 	// 4. The manager Deployment becomes Available, its pod admitted under the restricted
 	// standard and Running on a simulated node as the chart's ServiceAccount.
 	kwokNodes := simulatedNodes(t, ctx, c)
-	eventually(t, ctx, 2*time.Minute, "Deployment "+dep.Name+" Available on simulated nodes", func(ctx context.Context) (bool, string, error) {
+	harness.Eventually(t, ctx, 2*time.Minute, "Deployment "+dep.Name+" Available on simulated nodes", func(ctx context.Context) (bool, string, error) {
 		d, err := cs.AppsV1().Deployments(releaseNamespace).Get(ctx, dep.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
@@ -216,7 +215,7 @@ func TestChartOnLocalCluster(t *testing.T) {
 	t.Logf("operator running as %s with %v", harness.OperatorUser, args)
 
 	// Leader election works with the chart's Role: the operator holds the Lease.
-	eventually(t, ctx, time.Minute, "the operator holds the leader-election Lease", func(ctx context.Context) (bool, string, error) {
+	harness.Eventually(t, ctx, time.Minute, "the operator holds the leader-election Lease", func(ctx context.Context) (bool, string, error) {
 		l, err := cs.CoordinationV1().Leases(releaseNamespace).Get(ctx, "capstan.mesh.capstan.dev", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
@@ -234,7 +233,7 @@ func TestChartOnLocalCluster(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	mcp := dyn.Resource(meshv1.GroupVersion.WithResource("meshcontrolplanes"))
-	eventually(t, ctx, 3*time.Minute, "MeshControlPlane default Ready=True", func(ctx context.Context) (bool, string, error) {
+	harness.Eventually(t, ctx, 3*time.Minute, "MeshControlPlane default Ready=True", func(ctx context.Context) (bool, string, error) {
 		u, err := mcp.Get(ctx, meshv1.SingletonName, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
@@ -298,19 +297,4 @@ func mustGet(t *testing.T, ctx context.Context, ri dynamic.NamespaceableResource
 		t.Fatal(err)
 	}
 	return u
-}
-
-// eventually polls cond until it returns true, returns an error, or timeout passes; then it
-// fails the test with the last message cond gave.
-func eventually(t *testing.T, ctx context.Context, timeout time.Duration, what string, cond func(context.Context) (bool, string, error)) {
-	t.Helper()
-	var last string
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		ok, msg, err := cond(ctx)
-		last = msg
-		return ok, err
-	})
-	if err != nil {
-		t.Fatalf("%s: %v (last: %s)", what, err, last)
-	}
 }

@@ -24,7 +24,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
@@ -33,21 +32,6 @@ import (
 )
 
 const fieldManager = "capstan-harness-test"
-
-// eventually polls cond every 200ms until it returns true, fails the test after timeout with
-// the last message cond gave.
-func eventually(t *testing.T, ctx context.Context, timeout time.Duration, what string, cond func(context.Context) (bool, string, error)) {
-	t.Helper()
-	var last string
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		ok, msg, err := cond(ctx)
-		last = msg
-		return ok, err
-	})
-	if err != nil {
-		t.Fatalf("%s: %v (last: %s)", what, err, last)
-	}
-}
 
 func TestHarnessEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -89,7 +73,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	t.Logf("Service default/probe has ClusterIP %s", svc.Spec.ClusterIP)
 
 	// The apiserver writes the audit log, and it records that request.
-	eventually(t, ctx, 30*time.Second, "audit log records the Service creation", func(context.Context) (bool, string, error) {
+	Eventually(t, ctx, 30*time.Second, "audit log records the Service creation", func(context.Context) (bool, string, error) {
 		b, err := os.ReadFile(c.AuditLogPath)
 		if err != nil {
 			return false, err.Error(), nil
@@ -181,14 +165,14 @@ func TestHarnessEndToEnd(t *testing.T) {
 	if _, err := cs.CoreV1().Secrets("istio-system").Patch(ctx, "harness-mirror-probe", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, ctx, 30*time.Second, "mirror follows a Secret change", func(context.Context) (bool, string, error) {
+	Eventually(t, ctx, 30*time.Second, "mirror follows a Secret change", func(context.Context) (bool, string, error) {
 		_, errOld := os.Stat(filepath.Join(probeDir, "k"))
 		b, _ := os.ReadFile(filepath.Join(probeDir, "k2"))
 		return os.IsNotExist(errOld) && string(b) == "v2", fmt.Sprintf("k removed: %v, k2=%q", os.IsNotExist(errOld), b), nil
 	})
 
 	// 4. istiod patches the caBundle of its injection webhook.
-	eventually(t, ctx, time.Minute, "istiod patches the injector webhook caBundle", func(ctx context.Context) (bool, string, error) {
+	Eventually(t, ctx, time.Minute, "istiod patches the injector webhook caBundle", func(ctx context.Context) (bool, string, error) {
 		wh, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "istio-sidecar-injector", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
@@ -242,7 +226,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	if len(kwokNodes) < 2 {
 		t.Fatalf("want at least 2 simulated nodes, have %v", kwokNodes)
 	}
-	eventually(t, ctx, 2*time.Minute, "injected pods Running on simulated nodes", func(ctx context.Context) (bool, string, error) {
+	Eventually(t, ctx, 2*time.Minute, "injected pods Running on simulated nodes", func(ctx context.Context) (bool, string, error) {
 		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 		if err != nil {
 			return false, err.Error(), nil
@@ -271,7 +255,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	}
 
 	// 6. istiod publishes the mesh root certificate into the namespace.
-	eventually(t, ctx, time.Minute, "ConfigMap istio-ca-root-cert in "+ns, func(ctx context.Context) (bool, string, error) {
+	Eventually(t, ctx, time.Minute, "ConfigMap istio-ca-root-cert in "+ns, func(ctx context.Context) (bool, string, error) {
 		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return false, "not found", nil
