@@ -41,8 +41,11 @@ type run struct {
 // removes the CRDs too (spec.uninstall.removeCRDs), so each one is a complete install.
 //
 // CAPSTAN_BENCH_RUNS (default 5) and CAPSTAN_BENCH_STEADY (default 60s) tune it.
+// CAPSTAN_BENCH_KEEP_CRDS=1 keeps Istio's CRDs between runs instead, to measure an install
+// onto a cluster that has them (every run but the first).
 func TestBench(t *testing.T) {
 	runs := envInt("CAPSTAN_BENCH_RUNS", 5)
+	removeCRDs := os.Getenv("CAPSTAN_BENCH_KEEP_CRDS") != "1"
 	steady := envDuration("CAPSTAN_BENCH_STEADY", 60*time.Second)
 	const settle = 3 * time.Second // after Ready, for the echoes of the install's own writes
 
@@ -72,7 +75,7 @@ func TestBench(t *testing.T) {
 		}
 		m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}, Spec: meshv1.MeshControlPlaneSpec{
 			Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](1)}},
-			Uninstall:  &meshv1.UninstallSpec{RemoveCRDs: true},
+			Uninstall:  &meshv1.UninstallSpec{RemoveCRDs: removeCRDs},
 		}}
 		start := time.Now()
 		if err := k8s.Create(ctx, m); err != nil {
@@ -114,7 +117,7 @@ func TestBench(t *testing.T) {
 			t.Logf("steady-state requests by verb and resource: %v", r.steady.ByVerb)
 		}
 
-		if err := uninstall(ctx, k8s, c); err != nil {
+		if err := uninstall(ctx, k8s, c, removeCRDs); err != nil {
 			t.Fatalf("run %d: %v\n%s", i, err, op.LogTail(40))
 		}
 		if err := op.Stop(); err != nil {
@@ -161,9 +164,9 @@ func waitReady(ctx context.Context, k8s client.Client) error {
 	})
 }
 
-// uninstall deletes the MeshControlPlane and waits until its namespace and CRDs are gone,
-// so the next run starts from an empty cluster.
-func uninstall(ctx context.Context, k8s client.Client, c *harness.Cluster) error {
+// uninstall deletes the MeshControlPlane and waits until its namespace (and its CRDs, when
+// crdsToo) are gone, so the next run starts from a cluster without the control plane.
+func uninstall(ctx context.Context, k8s client.Client, c *harness.Cluster, crdsToo bool) error {
 	m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}}
 	if err := k8s.Delete(ctx, m); err != nil {
 		return err
@@ -174,6 +177,9 @@ func uninstall(ctx context.Context, k8s client.Client, c *harness.Cluster) error
 		}
 		if _, err := c.Clientset.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			return false, nil
+		}
+		if !crdsToo {
+			return true, nil
 		}
 		crds := &metav1.PartialObjectMetadataList{}
 		crds.SetGroupVersionKind(schemaCRDList)
