@@ -113,8 +113,8 @@ func Fingerprint(cert *x509.Certificate) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// RootOptions say how to make a self-signed root.
-type RootOptions struct {
+// Options say how to make a CA certificate, a root or an intermediate.
+type Options struct {
 	// Algorithm of the generated key; empty means DefaultKeyAlgorithm. Ignored when Key is set.
 	Algorithm KeyAlgorithm
 	// Key, when set, is used instead of a new key: renewing a root with its old key keeps
@@ -123,9 +123,11 @@ type RootOptions struct {
 	// TrustDomain is the mesh's SPIFFE trust domain, written as the subject's organization;
 	// empty means DefaultTrustDomain.
 	TrustDomain string
-	// CommonName of the subject; empty means DefaultRootCommonName.
+	// CommonName of the subject; empty means DefaultRootCommonName or
+	// DefaultIntermediateCommonName.
 	CommonName string
-	// TTL is the lifetime from Now; zero means DefaultRootTTL.
+	// TTL is the lifetime from Now; zero means DefaultRootTTL or DefaultIntermediateTTL. An
+	// intermediate never outlives its parent: its NotAfter is clamped to the parent's.
 	TTL time.Duration
 	// Now is the current time, from the caller's clock. Required.
 	Now time.Time
@@ -133,43 +135,39 @@ type RootOptions struct {
 	Rand io.Reader
 }
 
+// RootOptions say how to make a self-signed root.
+type RootOptions = Options
+
 // IntermediateOptions say how to make an intermediate signed by a root.
-type IntermediateOptions struct {
-	// Algorithm of the generated key; empty means DefaultKeyAlgorithm. Ignored when Key is set.
-	Algorithm KeyAlgorithm
-	// Key, when set, is used instead of a new key.
-	Key crypto.Signer
-	// TrustDomain is the mesh's SPIFFE trust domain, written as the subject's organization;
-	// empty means DefaultTrustDomain.
-	TrustDomain string
-	// CommonName of the subject; empty means DefaultIntermediateCommonName.
-	CommonName string
-	// TTL is the lifetime from Now; zero means DefaultIntermediateTTL. The certificate never
-	// outlives its parent: NotAfter is clamped to the parent's.
-	TTL time.Duration
-	// Now is the current time, from the caller's clock. Required.
-	Now time.Time
-	// Rand is the source of serial numbers; nil means crypto/rand.
-	Rand io.Reader
+type IntermediateOptions = Options
+
+// material checks opts and returns the lifetime, key and serial number of a new CA
+// certificate; what names it in errors.
+func (opts Options) material(what string, defaultTTL time.Duration) (time.Duration, crypto.Signer, *big.Int, error) {
+	if opts.Now.IsZero() {
+		return 0, nil, nil, fmt.Errorf("new %s: Now is required", what)
+	}
+	ttl := orDuration(opts.TTL, defaultTTL)
+	if ttl < 0 {
+		return 0, nil, nil, fmt.Errorf("new %s: TTL %s is negative", what, ttl)
+	}
+	key, err := keyFor(opts.Key, opts.Algorithm)
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("new %s: %w", what, err)
+	}
+	serial, err := newSerial(opts.Rand)
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("new %s: %w", what, err)
+	}
+	return ttl, key, serial, nil
 }
 
 // NewRoot makes a self-signed root CA. It may sign intermediates, which may sign only
 // workload certificates (path length 1), and its key usage is certificate and CRL signing.
 func NewRoot(opts RootOptions) (*KeyPair, error) {
-	if opts.Now.IsZero() {
-		return nil, errors.New("new root: Now is required")
-	}
-	ttl := orDuration(opts.TTL, DefaultRootTTL)
-	if ttl < 0 {
-		return nil, fmt.Errorf("new root: TTL %s is negative", ttl)
-	}
-	key, err := keyFor(opts.Key, opts.Algorithm)
+	ttl, key, serial, err := opts.material("root", DefaultRootTTL)
 	if err != nil {
-		return nil, fmt.Errorf("new root: %w", err)
-	}
-	serial, err := newSerial(opts.Rand)
-	if err != nil {
-		return nil, fmt.Errorf("new root: %w", err)
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -209,17 +207,9 @@ func NewIntermediate(parent *KeyPair, opts IntermediateOptions) (*KeyPair, error
 	if opts.Now.Before(p.NotBefore) {
 		return nil, fmt.Errorf("new intermediate: the parent %s is not valid until %s", describeCert(p), p.NotBefore.UTC().Format(time.RFC3339))
 	}
-	ttl := orDuration(opts.TTL, DefaultIntermediateTTL)
-	if ttl < 0 {
-		return nil, fmt.Errorf("new intermediate: TTL %s is negative", ttl)
-	}
-	key, err := keyFor(opts.Key, opts.Algorithm)
+	ttl, key, serial, err := opts.material("intermediate", DefaultIntermediateTTL)
 	if err != nil {
-		return nil, fmt.Errorf("new intermediate: %w", err)
-	}
-	serial, err := newSerial(opts.Rand)
-	if err != nil {
-		return nil, fmt.Errorf("new intermediate: %w", err)
+		return nil, err
 	}
 	notBefore := opts.Now.Add(-Backdate).UTC().Truncate(time.Second)
 	if notBefore.Before(p.NotBefore) {
