@@ -55,6 +55,11 @@ type MeshControlPlaneSpec struct {
 	// +optional
 	Values *apiextensionsv1.JSON `json:"values,omitempty"`
 
+	// Security holds the mesh's identity settings: the certificate authority.
+	// +kubebuilder:default={}
+	// +optional
+	Security *SecuritySpec `json:"security,omitempty"`
+
 	// Uninstall says what happens when this resource is deleted.
 	// +optional
 	Uninstall *UninstallSpec `json:"uninstall,omitempty"`
@@ -187,6 +192,10 @@ type MeshControlPlaneStatus struct {
 	// +listMapKey=name
 	// +optional
 	Components []ComponentStatus `json:"components,omitempty"`
+
+	// CA is the state of the mesh certificate authority and of its rotation.
+	// +optional
+	CA *CAStatus `json:"ca,omitempty"`
 }
 
 // ComponentStatus is one control-plane component's readiness.
