@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
@@ -119,12 +120,15 @@ func (d *Istiod) WorkloadCertificate(ctx context.Context, req WorkloadCertReques
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
 
+	var mu sync.Mutex // the handshake runs on gRPC's goroutine
 	var istiodChain []*x509.Certificate
 	tlsConf := &tls.Config{
 		RootCAs:    req.Trust,
 		ServerName: req.ServerName,
 		MinVersion: tls.VersionTLS12,
 		VerifyConnection: func(cs tls.ConnectionState) error {
+			mu.Lock()
+			defer mu.Unlock()
 			istiodChain = cs.PeerCertificates
 			return nil
 		},
@@ -141,7 +145,9 @@ func (d *Istiod) WorkloadCertificate(ctx context.Context, req WorkloadCertReques
 		return nil, fmt.Errorf("%s (server name %s): %w", what, req.ServerName, err)
 	}
 
+	mu.Lock()
 	wc := &WorkloadCert{Key: key, SPIFFEID: id.String(), IstiodChain: istiodChain}
+	mu.Unlock()
 	var certs []*x509.Certificate
 	for _, s := range out.CertChain {
 		wc.ChainPEM = append(wc.ChainPEM, s...)
