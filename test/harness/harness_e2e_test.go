@@ -8,9 +8,17 @@
 package harness
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,6 +35,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/ca"
 	"github.com/capstan-mesh/capstan/internal/render"
 	"github.com/capstan-mesh/capstan/internal/values"
 )
@@ -273,4 +282,301 @@ func containerNames(cs []corev1.Container) []string {
 		names = append(names, c.Name)
 	}
 	return names
+}
+
+// startClusterWithIstioCharts starts a cluster (stopped when the test ends) with Istio's
+// base and istio-discovery charts applied in istio-system, as an installer would leave it
+// before istiod runs.
+func startClusterWithIstioCharts(t *testing.T, ctx context.Context) *Cluster {
+	t.Helper()
+	if err := RequireLoopbackNetns(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Nodes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- kube-apiserver log (tail):\n%s", c.LogTail("kube-apiserver", 3000))
+		}
+		if err := c.Stop(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+	})
+	ver, err := c.Clientset.Discovery().ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, err := values.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := render.Render(render.Input{Values: vals, Namespace: "istio-system", KubeVersion: ver.GitVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	us := make([]*unstructured.Unstructured, len(objs))
+	for i, o := range objs {
+		us[i] = o.Unstructured
+	}
+	if err := c.Apply(ctx, fieldManager, us...); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// waitMeshRoots waits until istiod has published exactly want as the trust bundle
+// (istio-ca-root-cert) in namespace.
+func waitMeshRoots(t *testing.T, ctx context.Context, c *Cluster, namespace string, want ...*x509.Certificate) {
+	t.Helper()
+	Eventually(t, ctx, time.Minute, fmt.Sprintf("istio-ca-root-cert in %s holds exactly %d expected root(s)", namespace, len(want)), func(ctx context.Context) (bool, string, error) {
+		got, err := c.MeshRoots(ctx, namespace)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		var subjects []string
+		for _, r := range got {
+			subjects = append(subjects, fmt.Sprintf("%s (%s)", r.Subject, ca.Fingerprint(r)[:12]))
+		}
+		return SameCerts(got, want), fmt.Sprintf("published %v", subjects), nil
+	})
+}
+
+// TestIstiodIssuesWorkloadCertsFromPluggedInCA protects the pieces the CA rotation e2e test
+// stands on: istiod, given a plugged-in CA in the cacerts Secret, publishes that root and
+// issues real workload certificates (leaf for the caller's SPIFFE identity, signed by the
+// plugged-in intermediate, with the requested TTL) through WorkloadCertificate; two such
+// certificates complete a real mTLS handshake, and fail it against an unrelated root; and
+// when the Secret's root-cert.pem grows to two roots, istiod reloads it and publishes both.
+//
+// Real: the apiserver (TokenRequest, TokenReview), istiod (its CA, its serving certificate,
+// its root publishing, its reload of ./etc/cacerts), TLS 1.3 between the two workloads.
+// Simulated: the kubelet's Secret volume sync (Mirror writes ./etc/cacerts), and Envoy
+// sidecars (Go TLS peers that verify SPIFFE identities as Envoy does).
+func TestIstiodIssuesWorkloadCertsFromPluggedInCA(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c := startClusterWithIstioCharts(t, ctx)
+	cs := c.Clientset
+
+	// The plugged-in CA, in place before istiod starts (as a user or Capstan would put it).
+	now := time.Now()
+	root1, err := ca.NewRoot(ca.RootOptions{Now: now, CommonName: "Harness Root 1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter1, err := ca.NewIntermediate(root1, ca.IntermediateOptions{Now: now, CommonName: "Harness Intermediate 1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	material := &ca.Material{Intermediate: inter1, Chain: []*x509.Certificate{inter1.Cert, root1.Cert}, Roots: []*x509.Certificate{root1.Cert}}
+	data, err := material.SecretData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Secrets("istio-system").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "cacerts"}, Data: data,
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const ns = "ca-probe"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	d, err := StartIstiod(ctx, c, IstiodOptions{Env: []string{"ISTIO_MULTIROOT_MESH=true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- istiod log (tail):\n%s", d.LogTail(8000))
+		}
+		if err := d.Stop(); err != nil {
+			t.Errorf("stopping istiod: %v", err)
+		}
+	})
+	t.Logf("cluster and istiod ready in %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("istiod logged the plugged-in root: %v", strings.Contains(d.LogTail(1<<20), "Use root cert from etc/cacerts/root-cert.pem"))
+
+	// 1. istiod publishes exactly the plugged-in root.
+	waitMeshRoots(t, ctx, c, ns, root1.Cert)
+
+	// 2. Real workload certificates for two identities, each checked on its own.
+	trust1 := CertPool(root1.Cert)
+	issue := func(sa string, trust *x509.CertPool) *WorkloadCert {
+		t.Helper()
+		wc, err := d.WorkloadCertificate(ctx, WorkloadCertRequest{Namespace: ns, ServiceAccount: sa, TTL: time.Hour, Trust: trust})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantID := "spiffe://cluster.local/ns/" + ns + "/sa/" + sa
+		if len(wc.Leaf.URIs) != 1 || wc.Leaf.URIs[0].String() != wantID || wc.SPIFFEID != wantID {
+			t.Fatalf("leaf for %s has URIs %v (SPIFFEID %s), want exactly %s", sa, wc.Leaf.URIs, wc.SPIFFEID, wantID)
+		}
+		if err := wc.Leaf.CheckSignatureFrom(inter1.Cert); err != nil || !bytes.Equal(wc.Leaf.RawIssuer, inter1.Cert.RawSubject) {
+			t.Fatalf("leaf for %s (issuer %q) is not signed by the plugged-in intermediate: %v", sa, wc.Leaf.Issuer, err)
+		}
+		if id, err := VerifySPIFFEPeer(append([]*x509.Certificate{wc.Leaf}, wc.Intermediates...), trust1); err != nil || id != wantID {
+			t.Fatalf("leaf for %s does not verify to the plugged-in root: %q, %v", sa, id, err)
+		}
+		// The requested TTL reached istiod (its default is 24h): ValidityDuration was sent.
+		if life := wc.Leaf.NotAfter.Sub(time.Now()); life < 55*time.Minute || life > 65*time.Minute {
+			t.Fatalf("leaf for %s expires in %v, want about the requested 1h", sa, life)
+		}
+		if len(wc.IstiodChain) == 0 || wc.IstiodChain[0].CheckSignatureFrom(inter1.Cert) != nil {
+			t.Fatalf("istiod's serving certificate is not signed by the plugged-in intermediate: chain of %d", len(wc.IstiodChain))
+		}
+		return wc
+	}
+	alpha, beta := issue("alpha", trust1), issue("beta", trust1)
+	t.Logf("istiod issued %s and %s (issuer %q, %d intermediates, %d roots in the response)",
+		alpha.SPIFFEID, beta.SPIFFEID, alpha.Leaf.Issuer, len(alpha.Intermediates), len(alpha.Roots))
+
+	// 3. They complete a real mTLS handshake, in both roles.
+	if err := Handshake(ctx, alpha.TLS, beta.TLS, trust1, trust1); err != nil {
+		t.Fatalf("alpha serving beta: %v", err)
+	}
+	if err := Handshake(ctx, beta.TLS, alpha.TLS, trust1, trust1); err != nil {
+		t.Fatalf("beta serving alpha: %v", err)
+	}
+	// ... and fail it when a side trusts only an unrelated root, naming that side.
+	other, err := ca.NewRoot(ca.RootOptions{Now: now, CommonName: "Unrelated Root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherTrust := CertPool(other.Cert)
+	if err := Handshake(ctx, alpha.TLS, beta.TLS, trust1, otherTrust); err == nil || !strings.Contains(err.Error(), "the client rejected the server's certificate") {
+		t.Fatalf("client trusting an unrelated root: Handshake = %v, want the client to reject", err)
+	}
+	if err := Handshake(ctx, alpha.TLS, beta.TLS, otherTrust, trust1); err == nil || !strings.Contains(err.Error(), "the server rejected the client's certificate") {
+		t.Fatalf("server trusting an unrelated root: Handshake = %v, want the server to reject", err)
+	}
+	// istiod's serving certificate is checked too: with the wrong root there is no certificate.
+	if _, err := d.WorkloadCertificate(ctx, WorkloadCertRequest{Namespace: ns, ServiceAccount: "alpha", Trust: otherTrust}); err == nil {
+		t.Fatal("WorkloadCertificate trusting an unrelated root succeeded; it must verify istiod's serving certificate")
+	}
+
+	// 4. istiod reloads ./etc/cacerts: root-cert.pem grows to the old and a new root (the
+	// first step of a root rotation; the intermediate stays), istiod publishes both.
+	root2, err := ca.NewRoot(ca.RootOptions{Now: now, CommonName: "Harness Root 2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	material.Roots = []*x509.Certificate{root1.Cert, root2.Cert}
+	if data, err = material.SecretData(); err != nil {
+		t.Fatal(err)
+	}
+	secret, err := cs.CoreV1().Secrets("istio-system").Get(ctx, "cacerts", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret.Data = data
+	if _, err := cs.CoreV1().Secrets("istio-system").Update(ctx, secret, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reload := time.Now()
+	waitMeshRoots(t, ctx, c, ns, root1.Cert, root2.Cert)
+	t.Logf("istiod published both roots %v after the Secret update", time.Since(reload).Round(time.Millisecond))
+	both := CertPool(root1.Cert, root2.Cert)
+	gamma := issue("gamma", both)
+	t.Logf("after the reload istiod returned %d root(s) with %s", len(gamma.Roots), gamma.SPIFFEID)
+	if err := Handshake(ctx, gamma.TLS, alpha.TLS, both, trust1); err != nil {
+		t.Fatalf("a certificate issued after the reload with one issued before: %v", err)
+	}
+	t.Logf("whole test in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestHandshakeNamesTheRejectingSide protects Handshake's verdicts without istiod: it
+// accepts peers whose SPIFFE certificates chain to the trusted root through an
+// intermediate, and rejects, naming the side, a peer from another root, a peer without a
+// SPIFFE URI, and an expired peer. Real: TLS 1.3 over loopback; the certificates are made
+// here with internal/ca and crypto/x509, shaped like istiod's.
+func TestHandshakeNamesTheRejectingSide(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	now := time.Now()
+	mesh := testCA(t, now, "Mesh")
+	foreign := testCA(t, now, "Foreign")
+	good := mesh.leaf(t, now, "spiffe://cluster.local/ns/a/sa/good", time.Hour)
+	other := foreign.leaf(t, now, "spiffe://cluster.local/ns/a/sa/other", time.Hour)
+	noID := mesh.leaf(t, now, "", time.Hour)
+	expired := mesh.leaf(t, now.Add(-2*time.Hour), "spiffe://cluster.local/ns/a/sa/old", time.Hour)
+	trust := CertPool(mesh.root.Cert)
+
+	for name, tc := range map[string]struct {
+		server, client tls.Certificate
+		want           string // "" means success
+	}{
+		"both from the trusted root":            {server: good, client: good},
+		"server from another root":              {server: other, client: good, want: "the client rejected the server's certificate"},
+		"client from another root":              {server: good, client: other, want: "the server rejected the client's certificate"},
+		"client certificate without SPIFFE URI": {server: good, client: noID, want: "the server rejected the client's certificate"},
+		"server certificate expired":            {server: expired, client: good, want: "the client rejected the server's certificate"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := Handshake(ctx, tc.server, tc.client, trust, trust)
+			t.Logf("Handshake: %v", err)
+			if tc.want == "" && err != nil {
+				t.Fatalf("Handshake = %v, want success", err)
+			}
+			if tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Handshake = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// testMeshCA is a root and an intermediate made with internal/ca, issuing leaves the way
+// istiod does (ECDSA P-256, one spiffe:// URI SAN, client and server auth).
+type testMeshCA struct{ root, inter *ca.KeyPair }
+
+func testCA(t *testing.T, now time.Time, name string) testMeshCA {
+	t.Helper()
+	root, err := ca.NewRoot(ca.RootOptions{Now: now, CommonName: name + " Root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := ca.NewIntermediate(root, ca.IntermediateOptions{Now: now, CommonName: name + " Intermediate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testMeshCA{root: root, inter: inter}
+}
+
+func (m testMeshCA) leaf(t *testing.T, notBefore time.Time, spiffeID string, ttl time.Duration) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		NotBefore:    notBefore, NotAfter: notBefore.Add(ttl),
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	if spiffeID != "" {
+		u, err := url.Parse(spiffeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = []*url.URL{u}
+	} else {
+		tmpl.DNSNames = []string{"no-spiffe.example"}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.inter.Cert, key.Public(), m.inter.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, m.inter.Cert.Raw}, PrivateKey: key}
 }
