@@ -350,8 +350,9 @@ func waitMeshRoots(t *testing.T, ctx context.Context, c *Cluster, namespace stri
 // stands on: istiod, given a plugged-in CA in the cacerts Secret, publishes that root and
 // issues real workload certificates (leaf for the caller's SPIFFE identity, signed by the
 // plugged-in intermediate, with the requested TTL) through WorkloadCertificate; two such
-// certificates complete a real mTLS handshake, and fail it against an unrelated root; and
-// when the Secret's root-cert.pem grows to two roots, istiod reloads it and publishes both.
+// certificates complete a real mTLS handshake, and fail it against an unrelated root; when
+// the Secret's root-cert.pem grows to two roots, istiod reloads it and publishes both; and
+// when the Secret switches to an intermediate under the new root, istiod signs with it.
 //
 // Real: the apiserver (TokenRequest, TokenReview), istiod (its CA, its serving certificate,
 // its root publishing, its reload of ./etc/cacerts), TLS 1.3 between the two workloads.
@@ -489,6 +490,44 @@ func TestIstiodIssuesWorkloadCertsFromPluggedInCA(t *testing.T) {
 	if err := Handshake(ctx, gamma.TLS, alpha.TLS, both, trust1); err != nil {
 		t.Fatalf("a certificate issued after the reload with one issued before: %v", err)
 	}
+
+	// 5. istiod switches to a new intermediate under the new root, all keys of the Secret
+	// changing at once (the rotation's hardest step for a file mirror): it signs with it,
+	// and its leaves interoperate with the old ones only for peers that trust both roots.
+	inter2, err := ca.NewIntermediate(root2, ca.IntermediateOptions{Now: now, CommonName: "Harness Intermediate 2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	material.Intermediate, material.Chain = inter2, []*x509.Certificate{inter2.Cert, root2.Cert}
+	if data, err = material.SecretData(); err != nil {
+		t.Fatal(err)
+	}
+	if secret, err = cs.CoreV1().Secrets("istio-system").Get(ctx, "cacerts", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	secret.Data = data
+	if _, err := cs.CoreV1().Secrets("istio-system").Update(ctx, secret, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var delta *WorkloadCert
+	Eventually(t, ctx, time.Minute, "istiod signs with the new intermediate", func(ctx context.Context) (bool, string, error) {
+		wc, err := d.WorkloadCertificate(ctx, WorkloadCertRequest{Namespace: ns, ServiceAccount: "delta", TTL: time.Hour, Trust: both})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		delta = wc
+		return wc.Leaf.CheckSignatureFrom(inter2.Cert) == nil, fmt.Sprintf("leaf issued by %q", wc.Leaf.Issuer), nil
+	})
+	if len(delta.IstiodChain) == 0 || delta.IstiodChain[0].CheckSignatureFrom(inter2.Cert) != nil {
+		t.Fatal("istiod's serving certificate is not signed by the new intermediate after the switch")
+	}
+	if err := Handshake(ctx, delta.TLS, alpha.TLS, both, both); err != nil {
+		t.Fatalf("a leaf of the new intermediate with one of the old, both trusting both roots: %v", err)
+	}
+	if err := Handshake(ctx, delta.TLS, alpha.TLS, both, trust1); err == nil || !strings.Contains(err.Error(), "the client rejected the server's certificate") {
+		t.Fatalf("a peer trusting only the old root must reject a leaf of the new intermediate; Handshake = %v", err)
+	}
+	waitMeshRoots(t, ctx, c, ns, root1.Cert, root2.Cert)
 	t.Logf("whole test in %v", time.Since(start).Round(time.Millisecond))
 }
 
