@@ -462,6 +462,18 @@ func TestIstiodIssuesWorkloadCertsFromPluggedInCA(t *testing.T) {
 	if _, err := d.WorkloadCertificate(ctx, WorkloadCertRequest{Namespace: ns, ServiceAccount: "alpha", Trust: otherTrust}); err == nil {
 		t.Fatal("WorkloadCertificate trusting an unrelated root succeeded; it must verify istiod's serving certificate")
 	}
+	// istiod really authenticates the caller, and takes the identity from the token: a bad
+	// token gets nothing, and alpha's token gets no certificate for beta.
+	if _, err := d.WorkloadCertificate(ctx, WorkloadCertRequest{Namespace: ns, ServiceAccount: "beta", Trust: trust1, Token: "not-a-token"}); err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
+		t.Fatalf("WorkloadCertificate with a bad token = %v, want Unauthenticated", err)
+	}
+	alphaToken, err := ServiceAccountToken(ctx, c, ns, "alpha", IstioCAAudience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WorkloadCertificate(ctx, WorkloadCertRequest{Namespace: ns, ServiceAccount: "beta", Trust: trust1, Token: alphaToken}); err == nil || !strings.Contains(err.Error(), alpha.SPIFFEID) {
+		t.Fatalf("WorkloadCertificate for beta with alpha's token = %v, want an error naming the identity istiod issued, %s", err, alpha.SPIFFEID)
+	}
 
 	// 4. istiod reloads ./etc/cacerts: root-cert.pem grows to the old and a new root (the
 	// first step of a root rotation; the intermediate stays), istiod publishes both.

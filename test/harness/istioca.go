@@ -49,6 +49,8 @@ type WorkloadCertRequest struct {
 	// the Istiod.
 	ServerName string
 	// Token, if set, is sent instead of a fresh TokenRequest token (for tests of rejection).
+	// istiod issues for the token's identity whatever the CSR says, so a token of another
+	// ServiceAccount makes WorkloadCertificate fail.
 	Token string
 }
 
@@ -68,7 +70,8 @@ type WorkloadCert struct {
 	Roots []*x509.Certificate
 	// Key is the workload's private key; it never left this process.
 	Key *ecdsa.PrivateKey
-	// SPIFFEID is the URI the CSR asked for: spiffe://<trust domain>/ns/<ns>/sa/<sa>.
+	// SPIFFEID is the workload's identity, spiffe://<trust domain>/ns/<ns>/sa/<sa>: the URI
+	// the CSR asked for and the leaf's only URI SAN (WorkloadCertificate checks).
 	SPIFFEID string
 	// ChainPEM is the response's cert_chain, each element as istiod sent it, concatenated.
 	ChainPEM []byte
@@ -81,7 +84,9 @@ type WorkloadCert struct {
 // namespace and ServiceAccount if missing, gets a token by TokenRequest with audience
 // istio-ca, generates an ECDSA P-256 key and a CSR for the workload's SPIFFE URI, and sends
 // it with the metadata istio-agent sends (authorization: Bearer <token>, ClusterID:
-// Kubernetes). Everything in it is real: the apiserver's TokenRequest and TokenReview,
+// Kubernetes). It fails when istiod refuses (gRPC status in the error), when istiod's
+// serving certificate does not verify to req.Trust, or when the leaf is not for the
+// requested identity or key. Everything in it is real: the apiserver's TokenRequest and TokenReview,
 // istiod's authentication and signing, TLS to istiod.
 func (d *Istiod) WorkloadCertificate(ctx context.Context, req WorkloadCertRequest) (*WorkloadCert, error) {
 	if req.Namespace == "" || req.ServiceAccount == "" {
@@ -163,6 +168,11 @@ func (d *Istiod) WorkloadCertificate(ctx context.Context, req WorkloadCertReques
 	wc.Leaf = certs[0]
 	if pub, ok := wc.Leaf.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
 		return nil, fmt.Errorf("%s: the leaf %q is not for the CSR's key", what, wc.Leaf.Subject)
+	}
+	// istiod takes the identity from the token, not from the CSR: a leaf for someone else
+	// means the token (e.g. a Token override) is another ServiceAccount's.
+	if len(wc.Leaf.URIs) != 1 || wc.Leaf.URIs[0].String() != wc.SPIFFEID {
+		return nil, fmt.Errorf("%s: istiod issued a certificate for %v, not %s (it takes the identity from the token, not the CSR)", what, wc.Leaf.URIs, wc.SPIFFEID)
 	}
 	wc.TLS = tls.Certificate{Certificate: [][]byte{wc.Leaf.Raw}, PrivateKey: key, Leaf: wc.Leaf}
 	seen := map[string]bool{string(wc.Leaf.Raw): true}
