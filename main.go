@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/client-go/discovery"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -42,6 +45,8 @@ func run() error {
 		webhookCertDir         string
 		enableHTTP2            bool
 		secureMetrics          bool
+		secretNamespaces       string
+		caPropagation          time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "address the metrics endpoint binds to (the Deployment uses :8443); 0 turns it off")
 	flag.BoolVar(&secureMetrics, "metrics-secure", true, "serve metrics over HTTPS, only to clients the apiserver authenticates and authorizes for GET /metrics")
@@ -55,6 +60,8 @@ func run() error {
 	// spread one install over seconds. The apiserver's own flow control still applies.
 	flag.Float64Var(&qps, "kube-api-qps", 50, "requests per second the operator may send to the apiserver")
 	flag.IntVar(&burst, "kube-api-burst", 100, "requests the operator may send at once, above kube-api-qps")
+	flag.StringVar(&secretNamespaces, "secret-namespaces", "istio-system", "comma-separated namespaces the operator is granted Secrets in (the mesh CA's cacerts lives in the control-plane namespace); empty means every namespace")
+	flag.DurationVar(&caPropagation, "ca-propagation", controllers.DefaultCAPropagation, "how long a root rotation allows for a cacerts change to reach istiod (kubelet Secret sync) and a new trust bundle to reach every sidecar, clock skew included")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -74,7 +81,13 @@ func run() error {
 	if !enableHTTP2 {
 		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
 	}
-	mopts := controllers.ManagerOptions(scheme)
+	var secretNS []string
+	for _, ns := range strings.Split(secretNamespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			secretNS = append(secretNS, ns)
+		}
+	}
+	mopts := controllers.ManagerOptions(scheme, secretNS...)
 	mopts.Metrics = metricsserver.Options{BindAddress: metricsAddr, SecureServing: secureMetrics, TLSOpts: tlsOpts}
 	if secureMetrics {
 		mopts.Metrics.FilterProvider = filters.WithAuthenticationAndAuthorization
@@ -109,6 +122,18 @@ func run() error {
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the MeshControlPlane controller: %w", err)
+	}
+	caMetrics := controllers.NewCAMetrics(time.Now)
+	metrics.Registry.MustRegister(caMetrics)
+	if err := (&controllers.CAReconciler{
+		Client:           mgr.GetClient(),
+		APIReader:        mgr.GetAPIReader(),
+		Recorder:         mgr.GetEventRecorder("capstan"),
+		Propagation:      caPropagation,
+		SecretNamespaces: secretNS,
+		Metrics:          caMetrics,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the mesh CA controller: %w", err)
 	}
 	ready := healthz.Ping
 	if enableWebhooks {

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -29,13 +30,24 @@ func NewScheme() (*runtime.Scheme, error) {
 // (by its managed-by label), so its memory does not grow with the cluster; the
 // MeshControlPlane, which the user creates, is the exception. Owned kinds are read as
 // unstructured objects, the shape the charts render to.
-func ManagerOptions(scheme *runtime.Scheme) ctrl.Options {
+//
+// Secrets are cached only in secretNamespaces (all namespaces when none is given), the
+// namespaces the operator is granted Secrets in.
+func ManagerOptions(scheme *runtime.Scheme, secretNamespaces ...string) ctrl.Options {
+	secrets := cache.ByObject{}
+	if len(secretNamespaces) > 0 {
+		secrets.Namespaces = map[string]cache.Config{}
+		for _, ns := range secretNamespaces {
+			secrets.Namespaces[ns] = cache.Config{}
+		}
+	}
 	return ctrl.Options{
 		Scheme: scheme,
 		Cache: cache.Options{
 			DefaultLabelSelector: labels.SelectorFromSet(labels.Set{apply.ManagedByLabel: apply.ManagedByValue}),
 			ByObject: map[client.Object]cache.ByObject{
 				&meshv1.MeshControlPlane{}: {Label: labels.Everything()},
+				&corev1.Secret{}:           secrets,
 			},
 		},
 		Client: client.Options{Cache: &client.CacheOptions{Unstructured: true}},

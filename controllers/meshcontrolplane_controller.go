@@ -6,6 +6,7 @@ import (
 	"context"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -75,6 +76,8 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	owned := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return apply.Owned(o.GetLabels())
 	}))
+	// The CA controller's cacerts Secret gates istiod's first start (see awaitCA).
+	b = b.Watches(&corev1.Secret{}, toSingleton, owned)
 	for _, k := range render.Kinds {
 		if isCRD(k) {
 			b = b.WatchesMetadata(crdMetadata(), toSingleton, owned)
@@ -126,6 +129,7 @@ func (r *MeshControlPlaneReconciler) reconcileNormal() []phaseFunc {
 		r.ensureFinalizer,
 		r.plan,
 		r.ensureNamespace,
+		r.awaitCA,
 		r.applyObjects,
 		r.prune,
 		r.observe,
@@ -139,13 +143,32 @@ func (r *MeshControlPlaneReconciler) reconcileDelete() []phaseFunc {
 	}
 }
 
-// patchStatus writes the status when, and only when, it changed.
+// patchStatus writes the status when, and only when, it changed. It applies only the fields
+// this controller owns (server-side apply), so the CA controller's status.ca and conditions
+// are never overwritten.
 func (r *MeshControlPlaneReconciler) patchStatus(ctx context.Context, s *scope) error {
 	if equality.Semantic.DeepEqual(s.before.Status, s.mcp.Status) {
 		return nil
 	}
 	log.FromContext(ctx).V(1).Info("writing status")
-	return client.IgnoreNotFound(r.Status().Patch(ctx, s.mcp, client.MergeFrom(s.before)))
+	st := s.mcp.Status
+	fields := map[string]any{"observedGeneration": st.ObservedGeneration}
+	var conds []metav1.Condition
+	for _, c := range st.Conditions {
+		if c.Type == meshv1.ConditionReady || c.Type == meshv1.ConditionProgressing || c.Type == meshv1.ConditionDegraded {
+			conds = append(conds, c)
+		}
+	}
+	if len(conds) > 0 {
+		fields["conditions"] = conds
+	}
+	if st.Version != "" {
+		fields["version"] = st.Version
+	}
+	if len(st.Components) > 0 {
+		fields["components"] = st.Components
+	}
+	return client.IgnoreNotFound(applyStatusFields(ctx, r.Client, s.mcp, apply.FieldManager, fields))
 }
 
 func isCRD(k render.Kind) bool {

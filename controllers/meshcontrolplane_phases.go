@@ -47,6 +47,8 @@ type scope struct {
 	written map[apply.Ref]*unstructured.Unstructured
 	failure *failure
 	stop    bool
+	// awaitingCA: istiod is held back until the mesh CA is issued.
+	awaitingCA bool
 	// released is set once the finalizer is gone and the object may no longer exist.
 	released bool
 }
@@ -136,6 +138,32 @@ func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *sco
 	}
 	s.keep = append(s.keep, ref)
 	s.applied = append(s.applied, ref)
+	return ctrl.Result{}, nil
+}
+
+// awaitCA holds back istiod's first start until the CA controller has written the cacerts
+// Secret: istiod decides once, at start, between the plugged-in CA and a self-signed one of
+// its own, and a mesh started on the latter would need a disruptive switch. Everything
+// else is applied meanwhile. Once istiod runs, it is never held back again.
+func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctrl.Result, error) {
+	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: CACertsSecret}, &corev1.Secret{})
+	if err == nil {
+		return ctrl.Result{}, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	dep := &unstructured.Unstructured{}
+	dep.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
+	if err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: "istiod"}, dep); err == nil {
+		return ctrl.Result{}, nil
+	} else if !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	s.desired = slices.DeleteFunc(s.desired, func(o render.Object) bool {
+		return o.GetKind() == "Deployment" && o.GetName() == "istiod"
+	})
+	s.awaitingCA = true
 	return ctrl.Result{}, nil
 }
 

@@ -39,6 +39,9 @@ func (r *MeshControlPlaneReconciler) summarize(ctx context.Context, s *scope) {
 
 	setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionFalse, meshv1.ReasonReconciled, "every object is applied as declared")
 	var waiting []string
+	if s.awaitingCA {
+		waiting = append(waiting, fmt.Sprintf("the mesh CA to write Secret %s/%s before istiod starts (see condition %s)", s.namespace, CACertsSecret, meshv1.ConditionCAReady))
+	}
 	for _, c := range mcp.Status.Components {
 		if !c.Ready {
 			waiting = append(waiting, fmt.Sprintf("%s: %d/%d replicas available", c.Name, c.ReadyReplicas, c.DesiredReplicas))

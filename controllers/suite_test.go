@@ -10,6 +10,7 @@ import (
 	. "github.com/onsi/gomega"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
+	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -30,6 +31,8 @@ var (
 	k8sClient client.Client
 	testEnv   *envtest.Environment
 	cancel    context.CancelFunc
+	// caClock is the CA controller's clock: CA tests move it to pass TTLs and soaks.
+	caClock *clocktesting.FakeClock
 )
 
 func TestControllers(t *testing.T) {
@@ -65,6 +68,14 @@ var _ = BeforeSuite(func() {
 		APIReader:   mgr.GetAPIReader(),
 		Recorder:    mgr.GetEventRecorder("capstan"),
 		KubeVersion: sv.GitVersion,
+	}).SetupWithManager(mgr)).To(Succeed())
+	caClock = clocktesting.NewFakeClock(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC))
+	Expect((&controllers.CAReconciler{
+		Client:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
+		Recorder:    mgr.GetEventRecorder("capstan"),
+		Clock:       caClock,
+		Propagation: time.Minute,
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	var ctx context.Context

@@ -30,10 +30,10 @@ const (
 // algorithm of a SelfSigned root starts a root rotation, which keeps every workload trusted
 // throughout.
 //
-// +kubebuilder:validation:XValidation:rule="self.type != 'Provided' || has(self.provided)",message="spec.security.ca.provided: required when type is Provided; name the Secret holding the CA"
-// +kubebuilder:validation:XValidation:rule="self.type != 'CertManager' || has(self.certManager)",message="spec.security.ca.certManager: required when type is CertManager; give the issuerRef"
-// +kubebuilder:validation:XValidation:rule="duration(self.workloadCertTTL) < duration(self.intermediateTTL)",message="spec.security.ca.workloadCertTTL: must be shorter than intermediateTTL"
-// +kubebuilder:validation:XValidation:rule="duration(self.intermediateTTL) <= duration(self.rootTTL)",message="spec.security.ca.intermediateTTL: must not exceed rootTTL"
+// +kubebuilder:validation:XValidation:rule="!has(self.type) || self.type != 'Provided' || has(self.provided)",message="spec.security.ca.provided: required when type is Provided; name the Secret holding the CA"
+// +kubebuilder:validation:XValidation:rule="!has(self.type) || self.type != 'CertManager' || has(self.certManager)",message="spec.security.ca.certManager: required when type is CertManager; give the issuerRef"
+// +kubebuilder:validation:XValidation:rule="!has(self.workloadCertTTL) || !has(self.intermediateTTL) || duration(self.workloadCertTTL) < duration(self.intermediateTTL)",message="spec.security.ca.workloadCertTTL: must be shorter than intermediateTTL"
+// +kubebuilder:validation:XValidation:rule="!has(self.intermediateTTL) || !has(self.rootTTL) || duration(self.intermediateTTL) <= duration(self.rootTTL)",message="spec.security.ca.intermediateTTL: must not exceed rootTTL"
 type CASpec struct {
 	// Type is SelfSigned (Capstan creates and rotates the root and the intermediate),
 	// Provided (the user's Secret) or CertManager (cert-manager issues the intermediate).

@@ -164,7 +164,7 @@ func (w *world) reconcile() Action {
 			if err := Validate(m, ValidateOptions{Now: w.now, WorkloadCertTTL: simTTL}); err != nil {
 				w.t.Fatalf("cacerts written by Decide is not valid for istiod: %v", err)
 			}
-			w.history = append(w.history, loaded{at: w.now.Add(simLag), data: a.CACerts, roots: rootFingerprints(m.Roots)})
+			w.history = append(w.history, loaded{at: w.now.Add(simLag), data: a.CACerts, roots: Fingerprints(m.Roots)})
 		}
 	}
 	w.t.Fatalf("Decide did not settle at %s", w.now)
@@ -450,7 +450,7 @@ func TestProvidedSource(t *testing.T) {
 	w.reconcile()
 	w.now = w.now.Add(simLag)
 	w.reconcile()
-	if got := w.state().Active.RootFingerprints(); !slices.Equal(got, rootFingerprints(first.Roots)) {
+	if got := w.state().Active.RootFingerprints(); !slices.Equal(got, Fingerprints(first.Roots)) {
 		t.Fatal("the provided root is not the active one")
 	}
 
@@ -469,7 +469,7 @@ func TestProvidedSource(t *testing.T) {
 	w.run(time.Hour, nil)
 	w.beforeDecide = nil
 	st := w.state()
-	if st.Rotation.Phase != PhaseRolledBack || !slices.Equal(st.AbandonedRoots, rootFingerprints(second.Roots)) {
+	if st.Rotation.Phase != PhaseRolledBack || !slices.Equal(st.AbandonedRoots, Fingerprints(second.Roots)) {
 		t.Fatalf("phase %s abandoned %v, want RolledBack remembering the new root", st.Rotation.Phase, st.AbandonedRoots)
 	}
 	w.policy.AbortRequestedAt = time.Time{}
@@ -481,7 +481,7 @@ func TestProvidedSource(t *testing.T) {
 	third := mat(t)
 	w.source = third
 	w.run(time.Hour, nil)
-	if got := w.state().Active.RootFingerprints(); w.state().Rotation.Phase != PhaseDone || !slices.Equal(got, rootFingerprints(third.Roots)) {
+	if got := w.state().Active.RootFingerprints(); w.state().Rotation.Phase != PhaseDone || !slices.Equal(got, Fingerprints(third.Roots)) {
 		t.Fatalf("a changed Secret did not rotate to its root (phase %s)", w.state().Rotation.Phase)
 	}
 }

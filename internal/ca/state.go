@@ -28,10 +28,11 @@ func (a *Authority) RootFingerprints() []string {
 	if a == nil || a.Material == nil {
 		return nil
 	}
-	return rootFingerprints(a.Material.Roots)
+	return Fingerprints(a.Material.Roots)
 }
 
-func rootFingerprints(roots []*x509.Certificate) []string {
+// Fingerprints are the SHA-256 fingerprints of certs, sorted and without repeats.
+func Fingerprints(roots []*x509.Certificate) []string {
 	fps := make([]string, 0, len(roots))
 	for _, r := range roots {
 		fps = append(fps, Fingerprint(r))
@@ -169,10 +170,7 @@ func (s *State) Serve() *Material {
 	if s.Next == nil {
 		sv = Serving{TrustActive: true}
 	}
-	signer := s.Active.Material
-	if sv.SignWithNext {
-		signer = s.Next.Material
-	}
+	signer := s.Signing().Material
 	var roots []*x509.Certificate
 	if sv.TrustActive {
 		roots = append(roots, s.Active.Material.Roots...)
@@ -183,7 +181,15 @@ func (s *State) Serve() *Material {
 	return &Material{Intermediate: signer.Intermediate, Chain: signer.Chain, Roots: uniqueSorted(roots)}
 }
 
+// Signing is the authority whose intermediate istiod signs with in the current phase.
+func (s *State) Signing() *Authority {
+	if s.Next != nil && s.Rotation.Phase.Serving().SignWithNext {
+		return s.Next
+	}
+	return s.Active
+}
+
 // TrustedRoots are the fingerprints of the roots Serve trusts.
 func (s *State) TrustedRoots() []string {
-	return rootFingerprints(s.Serve().Roots)
+	return Fingerprints(s.Serve().Roots)
 }

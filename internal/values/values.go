@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"time"
 
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 
@@ -81,7 +82,38 @@ func For(spec *meshv1.MeshControlPlaneSpec) (Values, error) {
 	if m := spec.MeshConfig; m != nil {
 		typed["meshConfig"] = meshConfigValues(m)
 	}
-	return loader.MergeMaps(v, typed), nil
+	return loader.MergeMaps(loader.MergeMaps(v, typed), caValues(spec)), nil
+}
+
+// WorkloadCertTTL is the workload certificate lifetime spec declares, or Istio's default.
+func WorkloadCertTTL(spec *meshv1.MeshControlPlaneSpec) time.Duration {
+	if s := spec.Security; s != nil && s.CA != nil && s.CA.WorkloadCertTTL != nil && s.CA.WorkloadCertTTL.Duration > 0 {
+		return s.CA.WorkloadCertTTL.Duration
+	}
+	return DefaultWorkloadCertTTL
+}
+
+// DefaultWorkloadCertTTL is Istio's default workload certificate lifetime.
+const DefaultWorkloadCertTTL = 24 * time.Hour
+
+// caValues are the settings Capstan's CA management needs of istiod and the sidecars. They
+// win over spec.values and spec.components.pilot.env, because a root rotation is safe only
+// if they hold:
+//   - ISTIO_MULTIROOT_MESH lets istiod accept a cacerts whose root bundle grows or shrinks;
+//   - PROXY_CONFIG_XDS_AGENT has istiod push a new trust bundle to sidecars at once;
+//   - the workload certificate TTL is both what sidecars ask for (SECRET_TTL) and the most
+//     istiod grants (MAX_WORKLOAD_CERT_TTL), so that no certificate outlives the soak.
+func caValues(spec *meshv1.MeshControlPlaneSpec) Values {
+	ttl := WorkloadCertTTL(spec).String()
+	return Values{
+		"pilot": Values{"env": Values{
+			"ISTIO_MULTIROOT_MESH":      "true",
+			"PROXY_CONFIG_XDS_AGENT":    "true",
+			"DEFAULT_WORKLOAD_CERT_TTL": ttl,
+			"MAX_WORKLOAD_CERT_TTL":     ttl,
+		}},
+		"meshConfig": Values{"defaultConfig": Values{"proxyMetadata": Values{"SECRET_TTL": ttl}}},
+	}
 }
 
 func pilotValues(p *meshv1.PilotSpec) (Values, error) {
