@@ -137,3 +137,108 @@ func TestManagerIsRestricted(t *testing.T) {
 		t.Errorf("args %v do not serve metrics on :8443", c.Args)
 	}
 }
+
+// TestSecretsOnlyInControlPlaneNamespace protects the mesh CA's least privilege: Secrets and
+// cert-manager Certificates are granted by a namespaced Role in the control-plane namespace
+// (the CRD's default spec.namespace), bound to the operator's ServiceAccount there, never
+// by a ClusterRole; the namespace ships with the Role (a Role needs its namespace to exist);
+// and the operator caches Secrets in exactly that namespace (--secret-namespaces).
+func TestSecretsOnlyInControlPlaneNamespace(t *testing.T) {
+	objs := rendered(t, "default")
+	controlPlane := crdDefaultNamespace(t, objs)
+	var dep *appsv1.Deployment
+	for _, o := range objs {
+		if o.GetKind() == "Deployment" {
+			dep = convert[appsv1.Deployment](t, o)
+		}
+	}
+	if dep == nil {
+		t.Fatal("config/default has no Deployment")
+	}
+	sa := rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: dep.Spec.Template.Spec.ServiceAccountName, Namespace: dep.Namespace}
+
+	sensitive := []struct{ group, resource string }{{"", "secrets"}, {"cert-manager.io", "certificates"}}
+	grants := func(rules []rbacv1.PolicyRule, group, resource string) bool {
+		return slices.ContainsFunc(rules, func(r rbacv1.PolicyRule) bool {
+			return slices.Contains(r.APIGroups, group) && slices.Contains(r.Resources, resource)
+		})
+	}
+	granted := map[string]string{} // "group/resource" -> namespace of the Role
+	var namespaces []string
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "Namespace":
+			namespaces = append(namespaces, o.GetName())
+		case "ClusterRole":
+			cr := convert[rbacv1.ClusterRole](t, o)
+			for _, s := range sensitive {
+				if grants(cr.Rules, s.group, s.resource) {
+					t.Errorf("ClusterRole %s grants %q %s cluster-wide; grant them with a Role in %s", cr.Name, s.group, s.resource, controlPlane)
+				}
+			}
+		case "Role":
+			r := convert[rbacv1.Role](t, o)
+			var sensitiveRole bool
+			for _, s := range sensitive {
+				if !grants(r.Rules, s.group, s.resource) {
+					continue
+				}
+				sensitiveRole = true
+				if r.Namespace != controlPlane {
+					t.Errorf("Role %s/%s grants %q %s outside the control-plane namespace %s", r.Namespace, r.Name, s.group, s.resource, controlPlane)
+				}
+				granted[s.group+"/"+s.resource] = r.Namespace
+			}
+			if sensitiveRole && !boundTo(t, objs, r, sa) {
+				t.Errorf("Role %s/%s is not bound to the operator's ServiceAccount %s/%s in its namespace", r.Namespace, r.Name, sa.Namespace, sa.Name)
+			}
+		}
+	}
+	for _, s := range sensitive {
+		if granted[s.group+"/"+s.resource] == "" {
+			t.Errorf("no Role grants %q %s: the mesh CA controller needs them in %s", s.group, s.resource, controlPlane)
+		}
+	}
+	if !slices.Contains(namespaces, controlPlane) {
+		t.Errorf("config/default ships no Namespace %s, so its Role cannot be created; it ships %v", controlPlane, namespaces)
+	}
+	want := "--secret-namespaces=" + controlPlane
+	if args := dep.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, want) {
+		t.Errorf("manager args %v lack %s: the operator would cache Secrets where it is not granted them", args, want)
+	}
+}
+
+// crdDefaultNamespace is the default of the MeshControlPlane's spec.namespace: the
+// control-plane namespace.
+func crdDefaultNamespace(t *testing.T, objs []*unstructured.Unstructured) string {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() != "CustomResourceDefinition" {
+			continue
+		}
+		versions, _, _ := unstructured.NestedSlice(o.Object, "spec", "versions")
+		for _, v := range versions {
+			def, ok, _ := unstructured.NestedString(v.(map[string]any), "schema", "openAPIV3Schema", "properties", "spec", "properties", "namespace", "default")
+			if ok && def != "" {
+				return def
+			}
+		}
+	}
+	t.Fatal("the MeshControlPlane CRD has no default spec.namespace")
+	return ""
+}
+
+// boundTo reports whether a RoleBinding in the Role's namespace binds it to subject.
+func boundTo(t *testing.T, objs []*unstructured.Unstructured, role *rbacv1.Role, subject rbacv1.Subject) bool {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() != "RoleBinding" || o.GetNamespace() != role.Namespace {
+			continue
+		}
+		b := convert[rbacv1.RoleBinding](t, o)
+		if b.RoleRef.Kind == "Role" && b.RoleRef.Name == role.Name && slices.Contains(b.Subjects, subject) {
+			return true
+		}
+	}
+	return false
+}
