@@ -47,13 +47,14 @@ const (
 // reach every sidecar, with clock skew on top.
 const DefaultCAPropagation = 3 * time.Minute
 
-// caPollInterval is how often a rotation waiting on other components looks again: those
-// signals (ConfigMaps in every namespace) are read, not watched, to keep the cache small.
-const caPollInterval = 5 * time.Second
+// DefaultCAPollInterval is how often a rotation waiting on other components looks again:
+// those signals (ConfigMaps in every namespace) are read, not watched, to keep the cache
+// small.
+const DefaultCAPollInterval = 5 * time.Second
 
-// providedPollInterval is how often a Provided CA's Secret, which the user owns and Capstan
-// does not cache, is read again for a new root or intermediate.
-const providedPollInterval = 30 * time.Second
+// DefaultCASourcePollInterval is how often a Provided CA's Secret, which the user owns and
+// Capstan does not cache, and cert-manager's Certificate are read again.
+const DefaultCASourcePollInterval = 30 * time.Second
 
 // RBAC of the CA controller. Secrets are granted in the control-plane namespace only (see
 // docs/rbac.md for other namespaces and OLM); ConfigMaps are already readable cluster-wide
@@ -83,6 +84,9 @@ type CAReconciler struct {
 	SecretNamespaces []string
 	// Metrics receives the CA's expiry times; nil for none.
 	Metrics *CAMetrics
+	// PollInterval and SourcePollInterval override DefaultCAPollInterval and
+	// DefaultCASourcePollInterval (tests shorten them).
+	PollInterval, SourcePollInterval time.Duration
 }
 
 // SetupWithManager registers the CA controller. It watches the MeshControlPlane's spec and
@@ -97,6 +101,12 @@ func (r *CAReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Propagation == 0 {
 		r.Propagation = DefaultCAPropagation
+	}
+	if r.PollInterval == 0 {
+		r.PollInterval = DefaultCAPollInterval
+	}
+	if r.SourcePollInterval == 0 {
+		r.SourcePollInterval = DefaultCASourcePollInterval
 	}
 	toSingleton := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}}}
@@ -123,6 +133,7 @@ func (r *CAReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 		return ctrl.Result{}, nil
 	}
 	s := newCAScope(mcp, r.Clock.Now())
+	s.pollRotation = r.PollInterval
 	res, err := r.run(ctx, s)
 	serr := r.applyStatus(ctx, s)
 	r.Metrics.observe(s.mcp.Status.CA)

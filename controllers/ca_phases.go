@@ -45,9 +45,10 @@ type caScope struct {
 	problem    *caProblem
 	wake       time.Time
 	wakeReason string
-	// poll is how soon to look again at inputs that are not watched.
-	poll time.Duration
-	stop bool
+	// poll is how soon to look again at inputs that are not watched; pollRotation, how soon
+	// a rotation waiting on signals looks again.
+	poll, pollRotation time.Duration
+	stop               bool
 }
 
 type caProblem struct{ reason, message string }
@@ -169,14 +170,14 @@ func (r *CAReconciler) resolveSource(ctx context.Context, s *caScope) (ctrl.Resu
 			return ctrl.Result{}, nil
 		}
 		field, secretName = "spec.security.ca.provided.secretName", s.spec.Provided.SecretName
-		s.poll = providedPollInterval
+		s.poll = r.SourcePollInterval
 	case meshv1.CACertManager:
+		s.poll = r.SourcePollInterval
 		ready, err := r.ensureCertificate(ctx, s)
 		if err != nil || !ready {
-			return ctrl.Result{RequeueAfter: 15 * time.Second}, err
+			return ctrl.Result{RequeueAfter: s.poll}, err
 		}
 		field, secretName = "spec.security.ca.certManager", CertManagerSecret
-		s.poll = providedPollInterval
 	default:
 		return ctrl.Result{}, nil
 	}
@@ -390,7 +391,7 @@ func (s *caScope) requeue() ctrl.Result {
 	}
 	limit := s.poll
 	if s.state != nil && s.state.Rotation.Phase.InProgress() {
-		limit = caPollInterval
+		limit = s.pollRotation
 	}
 	if limit > 0 && (after == 0 || after > limit) {
 		after = limit

@@ -71,11 +71,13 @@ var _ = BeforeSuite(func() {
 	}).SetupWithManager(mgr)).To(Succeed())
 	caClock = clocktesting.NewFakeClock(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC))
 	Expect((&controllers.CAReconciler{
-		Client:      mgr.GetClient(),
-		APIReader:   mgr.GetAPIReader(),
-		Recorder:    mgr.GetEventRecorder("capstan"),
-		Clock:       caClock,
-		Propagation: time.Minute,
+		Client:             mgr.GetClient(),
+		APIReader:          mgr.GetAPIReader(),
+		Recorder:           mgr.GetEventRecorder("capstan"),
+		Clock:              caClock,
+		Propagation:        time.Minute,
+		PollInterval:       300 * time.Millisecond,
+		SourcePollInterval: 500 * time.Millisecond,
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	var ctx context.Context
