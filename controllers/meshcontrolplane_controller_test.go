@@ -132,7 +132,38 @@ var _ = Describe("admission (CEL and schema)", func() {
 		}, "min must not exceed max"),
 		Entry("an unknown profile", func(m *meshv1.MeshControlPlane) { m.Spec.Profile = "huge" }, "spec.profile"),
 		Entry("an invalid namespace name", func(m *meshv1.MeshControlPlane) { m.Spec.Namespace = "Istio_System" }, "spec.namespace"),
+		Entry("an unknown CA type", func(m *meshv1.MeshControlPlane) { caSpec(m).Type = "Vault" }, "spec.security.ca.type"),
+		Entry("a Provided CA without its Secret", func(m *meshv1.MeshControlPlane) { caSpec(m).Type = meshv1.CAProvided }, "spec.security.ca.provided: required"),
+		Entry("a CertManager CA without an issuer", func(m *meshv1.MeshControlPlane) { caSpec(m).Type = meshv1.CACertManager }, "spec.security.ca.certManager: required"),
+		Entry("an unknown key algorithm", func(m *meshv1.MeshControlPlane) { caSpec(m).KeyAlgorithm = "DSA" }, "spec.security.ca.keyAlgorithm"),
+		Entry("a workload TTL of 1s", func(m *meshv1.MeshControlPlane) {
+			caSpec(m).WorkloadCertTTL = &metav1.Duration{Duration: time.Second}
+		}, "spec.security.ca.workloadCertTTL: must be at least 10s"),
+		Entry("a workload TTL beyond the intermediate's", func(m *meshv1.MeshControlPlane) {
+			caSpec(m).WorkloadCertTTL = &metav1.Duration{Duration: 9000 * time.Hour}
+		}, "spec.security.ca.workloadCertTTL: must be shorter than intermediateTTL"),
+		Entry("an intermediate outliving the root", func(m *meshv1.MeshControlPlane) {
+			caSpec(m).RootTTL = &metav1.Duration{Duration: 1000 * time.Hour}
+		}, "spec.security.ca.intermediateTTL: must not exceed rootTTL"),
+		Entry("a root rotation that cannot finish before expiry", func(m *meshv1.MeshControlPlane) {
+			caSpec(m).Rotation = &meshv1.CARotationSpec{RootRenewBefore: &metav1.Duration{Duration: time.Hour}}
+		}, "spec.security.ca.rotation.rootRenewBefore: must be longer than workloadCertTTL"),
+		Entry("an intermediate renewed as soon as made", func(m *meshv1.MeshControlPlane) {
+			caSpec(m).Rotation = &meshv1.CARotationSpec{IntermediateRenewBefore: &metav1.Duration{Duration: 9000 * time.Hour}}
+		}, "spec.security.ca.rotation.intermediateRenewBefore"),
 	)
+
+	It("fills in the CA defaults: SelfSigned, ECDSA P-256, 10 years, 1 year, 24 hours, automatic", func() {
+		m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}}
+		Expect(k8sClient.Create(ctx, m, client.DryRunAll)).To(Succeed())
+		c := m.Spec.Security.CA
+		Expect(c.Type).To(Equal(meshv1.CASelfSigned))
+		Expect(c.KeyAlgorithm).To(Equal("ECDSAP256"))
+		Expect(c.RootTTL.Duration).To(Equal(87600 * time.Hour))
+		Expect(c.IntermediateTTL.Duration).To(Equal(8760 * time.Hour))
+		Expect(c.WorkloadCertTTL.Duration).To(Equal(24 * time.Hour))
+		Expect(*c.Rotation.Automatic).To(BeTrue())
+	})
 
 	It("fills in the defaults: the embedded version, istio-system, the default profile", func() {
 		m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}}

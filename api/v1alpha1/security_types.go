@@ -34,6 +34,9 @@ const (
 // +kubebuilder:validation:XValidation:rule="!has(self.type) || self.type != 'CertManager' || has(self.certManager)",message="spec.security.ca.certManager: required when type is CertManager; give the issuerRef"
 // +kubebuilder:validation:XValidation:rule="!has(self.workloadCertTTL) || !has(self.intermediateTTL) || duration(self.workloadCertTTL) < duration(self.intermediateTTL)",message="spec.security.ca.workloadCertTTL: must be shorter than intermediateTTL"
 // +kubebuilder:validation:XValidation:rule="!has(self.intermediateTTL) || !has(self.rootTTL) || duration(self.intermediateTTL) <= duration(self.rootTTL)",message="spec.security.ca.intermediateTTL: must not exceed rootTTL"
+// +kubebuilder:validation:XValidation:rule="!has(self.rotation) || !has(self.rotation.rootRenewBefore) || !has(self.workloadCertTTL) || duration(self.rotation.rootRenewBefore) > duration(self.workloadCertTTL)",message="spec.security.ca.rotation.rootRenewBefore: must be longer than workloadCertTTL, or the root expires before its rotation can finish"
+// +kubebuilder:validation:XValidation:rule="!has(self.rotation) || !has(self.rotation.rootRenewBefore) || !has(self.rootTTL) || duration(self.rotation.rootRenewBefore) < duration(self.rootTTL)",message="spec.security.ca.rotation.rootRenewBefore: must be shorter than rootTTL, or every root is rotated as soon as it is made"
+// +kubebuilder:validation:XValidation:rule="!has(self.rotation) || !has(self.rotation.intermediateRenewBefore) || !has(self.intermediateTTL) || duration(self.rotation.intermediateRenewBefore) < duration(self.intermediateTTL)",message="spec.security.ca.rotation.intermediateRenewBefore: must be shorter than intermediateTTL, or every intermediate is renewed as soon as it is made"
 type CASpec struct {
 	// Type is SelfSigned (Capstan creates and rotates the root and the intermediate),
 	// Provided (the user's Secret) or CertManager (cert-manager issues the intermediate).
