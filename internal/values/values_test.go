@@ -4,10 +4,12 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
@@ -79,6 +81,25 @@ func TestFor(t *testing.T) {
 				Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](2)}},
 			},
 			want: map[string]any{"global.tag": "1.31.2", "global.istioNamespace": "istio-system", "pilot.replicaCount": int64(2), "pilot.autoscaleEnabled": false},
+		},
+		"the CA settings a root rotation relies on, with Istio's default TTL": {
+			spec: meshv1.MeshControlPlaneSpec{},
+			want: map[string]any{
+				"pilot.env.ISTIO_MULTIROOT_MESH": "true", "pilot.env.PROXY_CONFIG_XDS_AGENT": "true",
+				"pilot.env.MAX_WORKLOAD_CERT_TTL": "24h0m0s", "pilot.env.DEFAULT_WORKLOAD_CERT_TTL": "24h0m0s",
+				"meshConfig.defaultConfig.proxyMetadata.SECRET_TTL": "24h0m0s",
+			},
+		},
+		"the workload TTL bounds what istiod grants and what sidecars ask, over raw values and pilot env": {
+			spec: meshv1.MeshControlPlaneSpec{
+				Values:     raw(`{"pilot":{"env":{"MAX_WORKLOAD_CERT_TTL":"2160h"}},"meshConfig":{"defaultConfig":{"proxyMetadata":{"SECRET_TTL":"90h","OTHER":"x"}}}}`),
+				Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Env: map[string]string{"ISTIO_MULTIROOT_MESH": "false"}}},
+				Security:   &meshv1.SecuritySpec{CA: &meshv1.CASpec{WorkloadCertTTL: &metav1.Duration{Duration: 2 * time.Hour}}},
+			},
+			want: map[string]any{
+				"pilot.env.MAX_WORKLOAD_CERT_TTL": "2h0m0s", "pilot.env.ISTIO_MULTIROOT_MESH": "true",
+				"meshConfig.defaultConfig.proxyMetadata.SECRET_TTL": "2h0m0s", "meshConfig.defaultConfig.proxyMetadata.OTHER": "x",
+			},
 		},
 	}
 	for name, tc := range tests {
