@@ -8,7 +8,10 @@
 //   - the operator Deployment becomes the CSV's install strategy;
 //   - the rules of (Cluster)Roles bound to the Deployment's ServiceAccount become the CSV's
 //     (cluster)permissions, and those bindings, the ServiceAccount and the Namespace are
-//     dropped (OLM creates them in the namespace the user picks);
+//     dropped (OLM creates them in the namespace the user picks). A Role bound in another
+//     namespace (Capstan's Secrets Role in the control-plane namespace) cannot be expressed
+//     in OLM, which grants permissions only in the operator's namespace: its rules become
+//     clusterPermissions, and the CSV description says so (see widenedNote);
 //   - webhook configurations become webhookdefinitions, and the Service in front of the
 //     webhook server, cert-manager objects and the certificate volume are dropped (OLM
 //     provisions the serving certificate and mounts it at /tmp/k8s-webhook-server/serving-certs);
@@ -30,6 +33,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -237,7 +241,7 @@ func Build(objs, samples []*unstructured.Unstructured) (Files, error) {
 	if err != nil {
 		return nil, err
 	}
-	perms, clusterPerms, err := b.permissions()
+	perms, clusterPerms, widened, err := b.permissions()
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +290,7 @@ func Build(objs, samples []*unstructured.Unstructured) (Files, error) {
 		},
 		Spec: operatorsv1alpha1.ClusterServiceVersionSpec{
 			DisplayName:    "Capstan",
-			Description:    description,
+			Description:    description + widenedNote(widened, b.deploys),
 			Version:        version.OperatorVersion{Version: ver},
 			MinKubeVersion: MinKubeVersion,
 			Maturity:       Channel,
@@ -424,14 +428,20 @@ func (b *builder) deploymentSpecs() []operatorsv1alpha1.StrategyDeploymentSpec {
 // permissions) and ClusterRoles (clusterPermissions) bound to it. Bindings and roles used
 // only that way are consumed; a binding with other subjects or to a role the configuration
 // does not define stays a manifest, and so does a role nothing binds to the operator.
-func (b *builder) permissions() (perms, clusterPerms []operatorsv1alpha1.StrategyDeploymentPermissions, err error) {
-	type roleKey struct{ kind, name string }
+//
+// OLM grants a CSV's permissions in the operator's own namespace only, and creates every
+// bundled object there too: a RoleBinding in any other namespace cannot be honoured as
+// written. Its rules go to clusterPermissions, the narrowest grant OLM can make that still
+// covers that namespace, and are returned as widened so the CSV can say so.
+func (b *builder) permissions() (perms, clusterPerms []operatorsv1alpha1.StrategyDeploymentPermissions, widened []widenedRole, err error) {
+	type roleKey struct{ kind, namespace, name string }
 	roles := map[roleKey]*unstructured.Unstructured{}
 	for _, o := range b.objs {
 		if o.GroupVersionKind().Group == rbacv1.GroupName && (o.GetKind() == "Role" || o.GetKind() == "ClusterRole") {
-			roles[roleKey{o.GetKind(), o.GetName()}] = o
+			roles[roleKey{o.GetKind(), o.GetNamespace(), o.GetName()}] = o
 		}
 	}
+	operatorNS := b.deploys[0].Namespace
 	namespaced := map[string][]rbacv1.PolicyRule{}
 	cluster := map[string][]rbacv1.PolicyRule{}
 	used := map[*unstructured.Unstructured]bool{} // bound to the operator
@@ -446,12 +456,16 @@ func (b *builder) permissions() (perms, clusterPerms []operatorsv1alpha1.Strateg
 	for _, o := range bindings {
 		var binding rbacv1.RoleBinding // ClusterRoleBinding has the same subjects and roleRef
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &binding); err != nil {
-			return nil, nil, fmt.Errorf("%s %s: %w", o.GetKind(), o.GetName(), err)
+			return nil, nil, nil, fmt.Errorf("%s %s: %w", o.GetKind(), o.GetName(), err)
 		}
-		role := roles[roleKey{binding.RoleRef.Kind, binding.RoleRef.Name}]
+		key := roleKey{kind: binding.RoleRef.Kind, name: binding.RoleRef.Name}
+		if key.kind == "Role" {
+			key.namespace = o.GetNamespace() // a RoleBinding refers to a Role of its own namespace
+		}
+		role := roles[key]
 		var sas []string
 		for _, s := range binding.Subjects {
-			if s.Kind == rbacv1.ServiceAccountKind && b.sas[s.Name] {
+			if s.Kind == rbacv1.ServiceAccountKind && b.sas[s.Name] && (s.Namespace == "" || s.Namespace == operatorNS) {
 				sas = append(sas, s.Name)
 			}
 		}
@@ -463,11 +477,15 @@ func (b *builder) permissions() (perms, clusterPerms []operatorsv1alpha1.Strateg
 		}
 		var typed rbacv1.ClusterRole // a Role has the same rules
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(role.Object, &typed); err != nil {
-			return nil, nil, fmt.Errorf("%s %s: %w", role.GetKind(), role.GetName(), err)
+			return nil, nil, nil, fmt.Errorf("%s %s: %w", role.GetKind(), role.GetName(), err)
 		}
 		rules := typed.Rules
+		inOperatorNS := o.GetKind() == "RoleBinding" && o.GetNamespace() == operatorNS
+		if o.GetKind() == "RoleBinding" && !inOperatorNS {
+			widened = append(widened, widenedRole{Namespace: o.GetNamespace(), Kind: role.GetKind(), Name: role.GetName(), Rules: rules})
+		}
 		for _, sa := range sas {
-			if o.GetKind() == "RoleBinding" {
+			if inOperatorNS {
 				namespaced[sa] = append(namespaced[sa], rules...)
 			} else {
 				cluster[sa] = append(cluster[sa], rules...)
@@ -481,7 +499,77 @@ func (b *builder) permissions() (perms, clusterPerms []operatorsv1alpha1.Strateg
 			b.drop[role] = true
 		}
 	}
-	return toPermissions(namespaced), toPermissions(cluster), nil
+	return toPermissions(namespaced), toPermissions(cluster), widened, nil
+}
+
+// widenedRole is a role bound to the operator in a namespace other than its own, whose
+// rules the bundle grants cluster-wide.
+type widenedRole struct {
+	Namespace, Kind, Name string
+	Rules                 []rbacv1.PolicyRule
+}
+
+// widenedNote is the section of the CSV description that says which rules the bundle grants
+// cluster-wide although the configuration grants them in one namespace, why, and how far the
+// operator itself limits their use (its --secret-namespaces flag); "" when there are none.
+func widenedNote(widened []widenedRole, deploys []appsv1.Deployment) string {
+	if len(widened) == 0 {
+		return ""
+	}
+	var namespaces []string
+	for _, w := range widened {
+		if !slices.Contains(namespaces, w.Namespace) {
+			namespaces = append(namespaces, w.Namespace)
+		}
+	}
+	quoted := make([]string, len(namespaces))
+	for i, ns := range namespaces {
+		quoted[i] = "`" + ns + "`"
+	}
+	var buf strings.Builder
+	buf.WriteString("\n## Permissions under OLM\n\n")
+	fmt.Fprintf(&buf, "Installed with kustomize (`make deploy`) or the Helm chart, Capstan holds the rules below only in %s, through a Role "+
+		"there. OLM grants an operator's namespaced permissions only in the operator's own namespace (and lifts them to the whole "+
+		"cluster in the AllNamespaces install mode), and it cannot create a Role in another namespace, so this bundle grants them "+
+		"cluster-wide, as clusterPermissions:\n\n", strings.Join(quoted, ", "))
+	for _, w := range widened {
+		for _, r := range w.Rules {
+			var what []string
+			for _, g := range r.APIGroups {
+				for _, res := range r.Resources {
+					if g == "" {
+						what = append(what, "`"+res+"` (core)")
+					} else {
+						what = append(what, "`"+res+"."+g+"`")
+					}
+				}
+			}
+			fmt.Fprintf(&buf, "* %s: %s (Role `%s` in `%s`)\n", strings.Join(what, ", "), strings.Join(r.Verbs, ", "), w.Name, w.Namespace)
+		}
+	}
+	if flag := secretNamespacesArg(deploys); flag != "" {
+		fmt.Fprintf(&buf, "\nThe operator still reads and writes Secrets only where it is started to: its Deployment runs with `%s`, "+
+			"which limits its Secret cache and the mesh CA to those namespaces. Where Secret access must be limited by RBAC "+
+			"itself, install Capstan with its Helm chart or with kustomize.\n", flag)
+	} else {
+		buf.WriteString("\nWhere these must be limited to their namespace by RBAC itself, install Capstan with its Helm chart or with kustomize.\n")
+	}
+	return buf.String()
+}
+
+// secretNamespacesArg is the --secret-namespaces argument of the operator's manager
+// container, or "".
+func secretNamespacesArg(deploys []appsv1.Deployment) string {
+	for _, d := range deploys {
+		for _, c := range d.Spec.Template.Spec.Containers {
+			for _, a := range c.Args {
+				if strings.HasPrefix(a, "--secret-namespaces=") {
+					return a
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // toPermissions sorts per-ServiceAccount rules into the CSV's form.
@@ -765,6 +853,19 @@ func descriptor(schema map[string]any, root string, f field) (operatorsv1alpha1.
 		return operatorsv1alpha1.SpecDescriptor{}, fmt.Errorf("descriptor %s.%s: the field has no description in the schema", root, f.Path)
 	}
 	x := append([]string(nil), f.XDescriptors...)
+	if dep := f.DependsOn; dep != nil {
+		if root != "spec" {
+			return operatorsv1alpha1.SpecDescriptor{}, fmt.Errorf("descriptor %s.%s: only spec fields can depend on another", root, f.Path)
+		}
+		ctl, ok := schemaAt(schema, "spec."+dep.Path)
+		if !ok {
+			return operatorsv1alpha1.SpecDescriptor{}, fmt.Errorf("descriptor %s.%s: depends on spec.%s, no such field in the schema", root, f.Path, dep.Path)
+		}
+		if enum, _ := ctl["enum"].([]any); len(enum) > 0 && !slices.ContainsFunc(enum, func(v any) bool { return fmt.Sprint(v) == dep.Value }) {
+			return operatorsv1alpha1.SpecDescriptor{}, fmt.Errorf("descriptor %s.%s: depends on spec.%s being %q, which its enum %v lacks", root, f.Path, dep.Path, dep.Value, enum)
+		}
+		x = append(x, xDependsPrefix+dep.Path+":"+dep.Value)
+	}
 	if f.SelectFromEnum {
 		enum, _ := prop["enum"].([]any)
 		if len(enum) == 0 {

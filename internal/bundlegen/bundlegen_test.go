@@ -18,7 +18,8 @@ import (
 
 // config is a synthetic rendered configuration with one object of every kind Build sorts:
 // what kustomize prints for an operator with a webhook (certificate from cert-manager),
-// leader election, metrics and an extra auth-delegator binding.
+// leader election, metrics, an extra auth-delegator binding, and a Secrets Role in another
+// namespace (op-data), as Capstan's CA has in the control-plane namespace.
 const config = `
 apiVersion: v1
 kind: Namespace
@@ -40,6 +41,7 @@ spec:
       containers:
       - name: manager
         image: example.com/op:v1.2.3
+        args: [--secret-namespaces=op-data]
         ports: [{name: webhook, containerPort: 9443}]
         volumeMounts:
         - {name: cert, mountPath: /tmp/k8s-webhook-server/serving-certs/}
@@ -79,6 +81,21 @@ apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
 metadata: {name: op-leader, namespace: op-system}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: op-leader}
+subjects: [{kind: ServiceAccount, name: op, namespace: op-system}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: op-data}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: op-manager, namespace: op-data}
+rules: [{apiGroups: [""], resources: [secrets], verbs: [get, create]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: op-manager, namespace: op-data}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: op-manager}
 subjects: [{kind: ServiceAccount, name: op, namespace: op-system}]
 ---
 apiVersion: v1
@@ -188,8 +205,11 @@ func TestBuild(t *testing.T) {
 		{"mounts (certificate removed)", len(strategy.DeploymentSpecs[0].Spec.Template.Spec.Containers[0].VolumeMounts), 1},
 		{"cluster permissions", len(strategy.ClusterPermissions), 1},
 		{"cluster permissions SA", strategy.ClusterPermissions[0].ServiceAccountName, "op"},
+		{"cluster permission rules (ClusterRole, then the op-data Role widened)", len(strategy.ClusterPermissions[0].Rules), 2},
 		{"cluster permission resource", strategy.ClusterPermissions[0].Rules[0].Resources[0], "deployments"},
+		{"widened cluster permission resource", strategy.ClusterPermissions[0].Rules[1].Resources[0], "secrets"},
 		{"permissions", len(strategy.Permissions), 1},
+		{"permission rules (only the operator namespace's Role)", len(strategy.Permissions[0].Rules), 1},
 		{"permission resource", strategy.Permissions[0].Rules[0].Resources[0], "leases"},
 		{"webhooks", len(csv.Spec.WebhookDefinitions), 1},
 		{"webhook type", csv.Spec.WebhookDefinitions[0].Type, operatorsv1alpha1.ValidatingAdmissionWebhook},
@@ -204,6 +224,37 @@ func TestBuild(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s: got %v, want %v", c.what, c.got, c.want)
 		}
+	}
+}
+
+// TestBuildWidensForeignRoles checks that the rules of a Role bound to the operator in
+// another namespace, which OLM cannot create, are granted cluster-wide and that the CSV
+// description says so, naming the rules and the operator's own limit; and that a
+// configuration without such a Role says nothing of it.
+func TestBuildWidensForeignRoles(t *testing.T) {
+	objs, samples := inputs(t)
+	files, err := bundlegen.Build(objs, samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := csvOf(t, files).Spec.Description
+	for _, want := range []string{"## Permissions under OLM", "`op-data`", "* `secrets` (core): get, create (Role `op-manager` in `op-data`)", "`--secret-namespaces=op-data`"} {
+		if !strings.Contains(desc, want) {
+			t.Errorf("the CSV description lacks %q:\n%s", want, desc)
+		}
+	}
+
+	objs = slices.DeleteFunc(objs, func(o *unstructured.Unstructured) bool { return o.GetNamespace() == "op-data" })
+	files, err = bundlegen.Build(objs, samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csv := csvOf(t, files)
+	if desc := csv.Spec.Description; strings.Contains(desc, "Permissions under OLM") {
+		t.Errorf("without a Role in another namespace the description still has the note:\n%s", desc)
+	}
+	if rules := csv.Spec.InstallStrategy.StrategySpec.ClusterPermissions[0].Rules; len(rules) != 1 {
+		t.Errorf("cluster permission rules %+v, want only the ClusterRole's", rules)
 	}
 }
 
@@ -232,6 +283,11 @@ func TestBuildDescriptors(t *testing.T) {
 		{"meshConfig.outboundTrafficPolicy.mode", []string{select_ + "ALLOW_ANY", select_ + "REGISTRY_ONLY"}},
 		{"components.pilot.replicas", []string{"urn:alm:descriptor:com.tectonic.ui:podCount"}},
 		{"uninstall.removeCRDs", []string{"urn:alm:descriptor:com.tectonic.ui:booleanSwitch", "urn:alm:descriptor:com.tectonic.ui:advanced"}},
+		{"security.ca.type", []string{select_ + "SelfSigned", select_ + "Provided", select_ + "CertManager"}},
+		{"security.ca.provided.secretName", []string{"urn:alm:descriptor:com.tectonic.ui:text", "urn:alm:descriptor:com.tectonic.ui:fieldDependency:security.ca.type:Provided"}},
+		{"security.ca.certManager.issuerRef.kind", []string{"urn:alm:descriptor:com.tectonic.ui:fieldDependency:security.ca.type:CertManager", select_ + "Issuer", select_ + "ClusterIssuer"}},
+		{"security.ca.rootTTL", []string{"urn:alm:descriptor:com.tectonic.ui:text", "urn:alm:descriptor:com.tectonic.ui:advanced"}},
+		{"security.ca.rotation.automatic", []string{"urn:alm:descriptor:com.tectonic.ui:booleanSwitch"}},
 	} {
 		if got := byPath[tc.path]; !slices.Equal(got, tc.want) {
 			t.Errorf("%s: x-descriptors %q, want %q", tc.path, got, tc.want)
@@ -241,7 +297,8 @@ func TestBuildDescriptors(t *testing.T) {
 	for _, d := range owned.StatusDescriptors {
 		status = append(status, d.Path)
 	}
-	if want := []string{"conditions", "version", "components", "observedGeneration"}; !slices.Equal(status, want) {
+	if want := []string{"conditions", "version", "components", "ca.type", "ca.phase", "ca.rootExpiry", "ca.intermediateExpiry",
+		"ca.nextAction", "ca.nextActionReason", "ca.rotationReason", "observedGeneration"}; !slices.Equal(status, want) {
 		t.Errorf("status descriptors %q, want %q", status, want)
 	}
 }
@@ -322,6 +379,14 @@ func TestBuildErrors(t *testing.T) {
 			return objs
 		},
 		want: "a select needs an enum",
+	}, {
+		name: "dependency on a value the control field's enum lacks",
+		mutate: func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			typ, _, _ := unstructured.NestedFieldNoCopy(schemaOf(find(objs, "CustomResourceDefinition")), "properties", "spec", "properties", "security", "properties", "ca", "properties", "type")
+			typ.(map[string]any)["enum"] = []any{"SelfSigned", "CertManager"}
+			return objs
+		},
+		want: `descriptor spec.security.ca.provided.secretName: depends on spec.security.ca.type being "Provided", which its enum [SelfSigned CertManager] lacks`,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs, samples := inputs(t)

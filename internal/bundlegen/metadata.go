@@ -83,6 +83,8 @@ var ownedKinds = map[string]ownedKind{
 			{Kind: "MutatingWebhookConfiguration", Version: "v1"},
 			{Kind: "ValidatingWebhookConfiguration", Version: "v1"},
 			{Kind: "CustomResourceDefinition", Version: "v1"},
+			{Kind: "Secret", Version: "v1"},
+			{Kind: "Certificate", Version: "v1"},
 		},
 		Spec:   meshControlPlaneSpecFields,
 		Status: meshControlPlaneStatusFields,
@@ -109,7 +111,17 @@ type field struct {
 	XDescriptors []string
 	// SelectFromEnum adds one select option per value of the field's enum in the schema.
 	SelectFromEnum bool
+	// DependsOn shows the field only when another spec field has a value (a console
+	// fieldDependency); both the path and the value are checked against the schema.
+	DependsOn *dependency
 }
+
+// dependency is a console fieldDependency: the dotted spec path of the controlling field
+// and the value that shows the dependent one.
+type dependency struct{ Path, Value string }
+
+// whenCAType shows a CA field only for the CA type it configures.
+func whenCAType(t string) *dependency { return &dependency{Path: "security.ca.type", Value: t} }
 
 // Console descriptors (https://github.com/openshift/console/blob/main/frontend/packages/operator-lifecycle-manager/src/components/descriptors/reference/reference.md).
 const (
@@ -121,6 +133,7 @@ const (
 	xAdvanced      = "urn:alm:descriptor:com.tectonic.ui:advanced"
 	xHidden        = "urn:alm:descriptor:com.tectonic.ui:hidden"
 	xSelectPrefix  = "urn:alm:descriptor:com.tectonic.ui:select:"
+	xDependsPrefix = "urn:alm:descriptor:com.tectonic.ui:fieldDependency:"
 	xStatusText    = "urn:alm:descriptor:text"
 	xConditions    = "urn:alm:descriptor:io.kubernetes.conditions"
 )
@@ -139,6 +152,24 @@ var meshControlPlaneSpecFields = []field{
 	{Path: "meshConfig.accessLogEncoding", DisplayName: "Access log encoding", SelectFromEnum: true},
 	{Path: "meshConfig.trustDomain", DisplayName: "Trust domain", XDescriptors: []string{xText, xAdvanced}},
 	{Path: "meshConfig.outboundTrafficPolicy.mode", DisplayName: "Outbound traffic policy", SelectFromEnum: true},
+	// The mesh CA: the type, then what each type needs, then lifetimes and rotation, which
+	// have working defaults.
+	{Path: "security.ca.type", DisplayName: "CA type", SelectFromEnum: true},
+	{Path: "security.ca.provided.secretName", DisplayName: "Provided CA Secret", XDescriptors: []string{xText}, DependsOn: whenCAType("Provided")},
+	{Path: "security.ca.certManager.issuerRef.name", DisplayName: "cert-manager issuer name", XDescriptors: []string{xText}, DependsOn: whenCAType("CertManager")},
+	{Path: "security.ca.certManager.issuerRef.kind", DisplayName: "cert-manager issuer kind", SelectFromEnum: true, DependsOn: whenCAType("CertManager")},
+	{Path: "security.ca.certManager.issuerRef.group", DisplayName: "cert-manager issuer group", XDescriptors: []string{xText, xAdvanced}, DependsOn: whenCAType("CertManager")},
+	{Path: "security.ca.certManager.duration", DisplayName: "cert-manager intermediate lifetime", XDescriptors: []string{xText, xAdvanced}, DependsOn: whenCAType("CertManager")},
+	{Path: "security.ca.certManager.renewBefore", DisplayName: "cert-manager renew before", XDescriptors: []string{xText, xAdvanced}, DependsOn: whenCAType("CertManager")},
+	{Path: "security.ca.keyAlgorithm", DisplayName: "CA key algorithm", XDescriptors: []string{xAdvanced}, SelectFromEnum: true},
+	{Path: "security.ca.rootTTL", DisplayName: "Root CA lifetime", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "security.ca.intermediateTTL", DisplayName: "Intermediate CA lifetime", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "security.ca.workloadCertTTL", DisplayName: "Workload certificate lifetime", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "security.ca.rotation.automatic", DisplayName: "Rotate the CA automatically", XDescriptors: []string{xBooleanSwitch}},
+	{Path: "security.ca.rotation.rootRenewBefore", DisplayName: "Rotate the root before expiry by", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "security.ca.rotation.intermediateRenewBefore", DisplayName: "Renew the intermediate before expiry by", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "security.ca.rotation.requestedAt", DisplayName: "Request a root rotation (time)", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "security.ca.rotation.abortRequestedAt", DisplayName: "Abort the rotation (time)", XDescriptors: []string{xText, xAdvanced}},
 	{Path: "uninstall.removeCRDs", DisplayName: "Remove Istio CRDs on uninstall", XDescriptors: []string{xBooleanSwitch, xAdvanced}},
 	// Free-form Helm values do not fit a form: hidden there, edited in the YAML view.
 	{Path: "values", DisplayName: "Helm values", XDescriptors: []string{xAdvanced, xHidden}},
@@ -149,5 +180,12 @@ var meshControlPlaneStatusFields = []field{
 	{Path: "conditions", DisplayName: "Conditions", XDescriptors: []string{xConditions}},
 	{Path: "version", DisplayName: "Installed Istio version", XDescriptors: []string{xStatusText}},
 	{Path: "components", DisplayName: "Components", XDescriptors: []string{xStatusText}},
+	{Path: "ca.type", DisplayName: "CA type in use", XDescriptors: []string{xStatusText}},
+	{Path: "ca.phase", DisplayName: "CA rotation phase", XDescriptors: []string{xStatusText}},
+	{Path: "ca.rootExpiry", DisplayName: "Root CA expiry", XDescriptors: []string{xStatusText}},
+	{Path: "ca.intermediateExpiry", DisplayName: "Intermediate CA expiry", XDescriptors: []string{xStatusText}},
+	{Path: "ca.nextAction", DisplayName: "Next CA action", XDescriptors: []string{xStatusText}},
+	{Path: "ca.nextActionReason", DisplayName: "Next CA action reason", XDescriptors: []string{xStatusText}},
+	{Path: "ca.rotationReason", DisplayName: "CA rotation reason", XDescriptors: []string{xStatusText}},
 	{Path: "observedGeneration", DisplayName: "Observed generation", XDescriptors: []string{xHidden}},
 }
