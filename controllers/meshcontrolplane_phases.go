@@ -146,19 +146,21 @@ func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *sco
 // its own, and a mesh started on the latter would need a disruptive switch. Everything
 // else is applied meanwhile. Once istiod runs, it is never held back again.
 func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctrl.Result, error) {
-	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: CACertsSecret}, &corev1.Secret{})
-	if err == nil {
-		return ctrl.Result{}, nil
-	}
-	if !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, err
-	}
 	dep := &unstructured.Unstructured{}
 	dep.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
 	if err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: "istiod"}, dep); err == nil {
 		return ctrl.Result{}, nil
 	} else if !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
+	}
+	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: CACertsSecret}, &corev1.Secret{})
+	if err == nil {
+		return ctrl.Result{}, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		// Also when the operator may not read Secrets in this namespace at all: the CA
+		// controller's CAReady condition says so and how to fix it.
+		log.FromContext(ctx).V(1).Info("cannot read cacerts; istiod waits", "error", err.Error())
 	}
 	s.desired = slices.DeleteFunc(s.desired, func(o render.Object) bool {
 		return o.GetKind() == "Deployment" && o.GetName() == "istiod"
