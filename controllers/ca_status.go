@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"sync"
 	"time"
@@ -30,7 +29,7 @@ func (s *caScope) summarize() {
 		st.Phase = string(s.state.Rotation.Phase)
 		st.RotationReason = s.state.Rotation.Reason
 		st.RootFingerprints = s.state.TrustedRoots()
-		st.RootExpiry = timePtr(earliestExpiry(s.state.Signing().Material.Roots))
+		st.RootExpiry = timePtr(ca.EarliestExpiry(s.state.Signing().Material.Roots))
 		st.IntermediateExpiry = timePtr(serve.Intermediate.Cert.NotAfter)
 		if !s.wake.IsZero() {
 			st.NextAction = timePtr(s.wake)
@@ -62,16 +61,6 @@ func (s *caScope) summarize() {
 	default:
 		setCondition(s.mcp, meshv1.ConditionCARotating, metav1.ConditionFalse, meshv1.ReasonNoRotation, "no root rotation has run")
 	}
-}
-
-func earliestExpiry(certs []*x509.Certificate) time.Time {
-	var t time.Time
-	for _, c := range certs {
-		if t.IsZero() || c.NotAfter.Before(t) {
-			t = c.NotAfter
-		}
-	}
-	return t
 }
 
 func timePtr(t time.Time) *metav1.Time {

@@ -321,7 +321,7 @@ func nextRenewal(st *State, p Policy) (time.Time, string) {
 }
 
 func rootRenewAt(st *State, p Policy) time.Time {
-	return earliestExpiry(st.Active.Material.Roots).Add(-p.RootRenewBefore)
+	return EarliestExpiry(st.Active.Material.Roots).Add(-p.RootRenewBefore)
 }
 
 func intermediateRenewAt(st *State, p Policy) time.Time {
@@ -333,13 +333,14 @@ func intermediateRenewAt(st *State, p Policy) time.Time {
 // root rotation helps.
 func intermediateWouldOutlast(st *State, p Policy, now time.Time) bool {
 	end := now.Add(p.IntermediateTTL)
-	if root := earliestExpiry(st.Active.Material.Roots); root.Before(end) {
+	if root := EarliestExpiry(st.Active.Material.Roots); root.Before(end) {
 		end = root
 	}
 	return end.After(st.Active.Material.Intermediate.Cert.NotAfter)
 }
 
-func earliestExpiry(certs []*x509.Certificate) time.Time {
+// EarliestExpiry is the soonest NotAfter among certs; zero for none.
+func EarliestExpiry(certs []*x509.Certificate) time.Time {
 	var t time.Time
 	for _, c := range certs {
 		if t.IsZero() || c.NotAfter.Before(t) {
