@@ -34,3 +34,23 @@ capstan_ca_expiry_seconds{certificate="root"} 3.5964e+06
 		t.Fatal(err)
 	}
 }
+
+// TestCARefusesANamespaceWithoutSecretAccess protects least privilege: an operator granted
+// Secrets only in some namespaces says which, and how to grant another, instead of failing
+// on every request.
+func TestCARefusesANamespaceWithoutSecretAccess(t *testing.T) {
+	r := &CAReconciler{SecretNamespaces: []string{"istio-system"}}
+	m := &meshv1.MeshControlPlane{Spec: meshv1.MeshControlPlaneSpec{Namespace: "mesh-prod"}}
+	s := newCAScope(m, time.Now())
+	if _, err := r.checkNamespace(t.Context(), s); err != nil {
+		t.Fatal(err)
+	}
+	if !s.stop || s.problem == nil || s.problem.reason != meshv1.ReasonCAForbidden {
+		t.Fatalf("problem %+v, want %s", s.problem, meshv1.ReasonCAForbidden)
+	}
+	for _, want := range []string{"spec.namespace", "mesh-prod", "--secret-namespaces=mesh-prod"} {
+		if !strings.Contains(s.problem.message, want) {
+			t.Errorf("message %q does not mention %q", s.problem.message, want)
+		}
+	}
+}
