@@ -12,9 +12,10 @@ package chart
 // standard on the release namespace), kube-controller-manager and kube-scheduler; the chart,
 // rendered by the Helm v4 SDK exactly as `helm install` would render it, and its objects
 // applied with server-side apply; the operator binary (bin/capstan), authenticated as the
-// chart's ServiceAccount with a bound token, so it has exactly the chart's RBAC (ClusterRole
-// and the leader-election Role); Capstan's install of Istio's control plane from
-// config/samples.
+// chart's ServiceAccount with a bound token, so it has exactly the chart's RBAC (ClusterRole,
+// the leader-election Role, and the mesh CA's Secrets Role in the control-plane namespace the
+// chart creates); Capstan's install of Istio's control plane from config/samples, which starts
+// istiod only once the mesh CA has written its cacerts Secret with that Role.
 //
 // What is simulated: kwok plays the kubelets, so the chart's Deployment gets a pod that is
 // scheduled, admitted and reported Running and Ready on a simulated node, but no container
@@ -34,6 +35,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -41,6 +43,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/test/harness"
@@ -145,6 +148,45 @@ func TestChartOnLocalCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("applied %d CRDs and %d objects of the chart", len(ch.CRDObjects()), len(objs))
+
+	// The apiserver grants the operator Secrets in the control-plane namespace the chart
+	// created, and nowhere else.
+	cpNS := "istio-system"
+	if n, err := cs.CoreV1().Namespaces().Get(ctx, cpNS, metav1.GetOptions{}); err != nil {
+		t.Fatalf("the chart's control-plane namespace: %v", err)
+	} else if n.Annotations["helm.sh/resource-policy"] != "keep" {
+		t.Errorf("namespace %s annotations %v lack helm.sh/resource-policy: keep", cpNS, n.Annotations)
+	}
+	for _, tc := range []struct {
+		namespace, group, resource, verb string
+		want                             bool
+	}{
+		{cpNS, "", "secrets", "create", true},
+		{cpNS, "", "secrets", "watch", true},
+		{cpNS, "cert-manager.io", "certificates", "create", true},
+		{releaseNamespace, "", "secrets", "get", false},
+		{"default", "", "secrets", "list", false},
+		{"", "", "secrets", "list", false}, // all namespaces
+		{"default", "cert-manager.io", "certificates", "create", false},
+	} {
+		what := fmt.Sprintf("%s may %s %q %s in namespace %q", harness.OperatorUser, tc.verb, tc.group, tc.resource, tc.namespace)
+		if tc.want {
+			// The apiserver's RBAC authorizer sees the new RoleBinding through its informer.
+			harness.Eventually(t, ctx, 30*time.Second, what, func(ctx context.Context) (bool, string, error) {
+				allowed, err := operatorMay(ctx, cs, tc.namespace, tc.group, tc.resource, tc.verb)
+				return allowed, "denied", err
+			})
+			continue
+		}
+		// Checked after the grants above are visible: a denial now is the chart's, not lag.
+		allowed, err := operatorMay(ctx, cs, tc.namespace, tc.group, tc.resource, tc.verb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if allowed {
+			t.Errorf("%s: allowed, want denied", what)
+		}
+	}
 
 	// 4. The manager Deployment becomes Available, its pod admitted under the restricted
 	// standard and Running on a simulated node as the chart's ServiceAccount.
@@ -256,8 +298,31 @@ func TestChartOnLocalCluster(t *testing.T) {
 	if !deploymentAvailable(d) {
 		t.Fatalf("MeshControlPlane is Ready but Deployment %s/istiod is not Available: %+v", ns, d.Status)
 	}
+	// istiod started on the mesh CA's cacerts, which the operator wrote with the chart's Role.
+	if ns != cpNS {
+		t.Fatalf("the sample installs into %s, the chart granted Secrets in %s", ns, cpNS)
+	}
+	if _, err := cs.CoreV1().Secrets(ns).Get(ctx, "cacerts", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the mesh CA's cacerts Secret: %v", err)
+	}
 	t.Logf("MeshControlPlane default Ready, %s/istiod %d/%d available; whole test in %v",
 		ns, d.Status.AvailableReplicas, *d.Spec.Replicas, time.Since(start).Round(time.Millisecond))
+}
+
+// operatorMay asks the apiserver whether the operator's ServiceAccount may do verb on a
+// resource in a namespace ("" for all namespaces).
+func operatorMay(ctx context.Context, cs kubernetes.Interface, namespace, group, resource, verb string) (bool, error) {
+	r, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User:   harness.OperatorUser,
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + harness.OperatorNamespace, "system:authenticated"},
+		ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Namespace: namespace, Group: group, Resource: resource, Verb: verb,
+		},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		return false, fmt.Errorf("SubjectAccessReview for %s %s: %w", verb, resource, err)
+	}
+	return r.Status.Allowed, nil
 }
 
 func deploymentAvailable(d *appsv1.Deployment) bool {

@@ -49,6 +49,16 @@ type variant struct {
 	args, noArgs []string
 	// certSecret is the Secret mounted at the webhook cert dir; "" for no mount.
 	certSecret string
+	// controlPlaneNS is the namespace of the mesh CA's Role; "" for the default, istio-system.
+	controlPlaneNS string
+}
+
+// controlPlaneNS is the variant's control-plane namespace.
+func (v variant) controlPlaneNamespace() string {
+	if v.controlPlaneNS != "" {
+		return v.controlPlaneNS
+	}
+	return "istio-system"
 }
 
 var variants = []variant{
@@ -57,11 +67,32 @@ var variants = []variant{
 		present: []string{"ServiceAccount/capstan", "ClusterRole/capstan-manager", "ClusterRoleBinding/capstan-manager",
 			"Role/capstan-leader-election", "RoleBinding/capstan-leader-election", "Deployment/capstan",
 			"Service/capstan-metrics", "ClusterRole/capstan-metrics-reader", "Service/capstan-webhook",
-			"ValidatingWebhookConfiguration/capstan-validating", "Issuer/capstan-selfsigned", "Certificate/capstan-webhook-cert"},
+			"ValidatingWebhookConfiguration/capstan-validating", "Issuer/capstan-selfsigned", "Certificate/capstan-webhook-cert",
+			"Namespace/istio-system", "Role/capstan-manager", "RoleBinding/capstan-manager"},
 		args: []string{"--health-probe-bind-address=:8081", "--metrics-bind-address=:8443", "--leader-elect",
-			"--webhook-cert-dir=" + webhookCertDir, "--zap-log-level=info"},
+			"--webhook-cert-dir=" + webhookCertDir, "--zap-log-level=info", "--secret-namespaces=istio-system"},
 		noArgs:     []string{"--enable-webhooks=false", "--metrics-bind-address=0"},
 		certSecret: "capstan-webhook-cert",
+	},
+	{
+		name: "another control-plane namespace, existing, and a CA propagation allowance",
+		values: map[string]any{"controlPlaneNamespace": "mesh-system", "createControlPlaneNamespace": false,
+			"caPropagation": "90s"},
+		present:        []string{"Role/capstan-manager", "RoleBinding/capstan-manager"},
+		absent:         []string{"Namespace/mesh-system", "Namespace/istio-system"},
+		args:           []string{"--secret-namespaces=mesh-system", "--ca-propagation=90s"},
+		noArgs:         []string{"--secret-namespaces=istio-system"},
+		certSecret:     "capstan-webhook-cert",
+		controlPlaneNS: "mesh-system",
+	},
+	{
+		name:           "control plane in the release namespace: not created again",
+		values:         map[string]any{"controlPlaneNamespace": releaseNamespace},
+		present:        []string{"Role/capstan-manager", "RoleBinding/capstan-manager"},
+		absent:         []string{"Namespace/" + releaseNamespace},
+		args:           []string{"--secret-namespaces=" + releaseNamespace},
+		certSecret:     "capstan-webhook-cert",
+		controlPlaneNS: releaseNamespace,
 	},
 	{
 		name:       "webhook certificate supplied, no cert-manager",
@@ -125,7 +156,7 @@ func TestRenderVariants(t *testing.T) {
 			var have []string
 			for _, o := range objs {
 				have = append(have, o.GetKind()+"/"+o.GetName())
-				checkObject(t, o)
+				checkObject(t, o, v.controlPlaneNamespace())
 			}
 			for _, p := range v.present {
 				if !slices.Contains(have, p) {
@@ -163,7 +194,60 @@ func TestRenderVariants(t *testing.T) {
 			}
 			checkServices(t, objs, dep)
 			checkWebhook(t, objs)
+			checkControlPlaneRBAC(t, objs, dep, v.controlPlaneNamespace())
+			if slices.ContainsFunc(mgr.Args, func(a string) bool { return strings.HasPrefix(a, "--ca-propagation") }) !=
+				slices.ContainsFunc(v.args, func(a string) bool { return strings.HasPrefix(a, "--ca-propagation") }) {
+				t.Errorf("manager args %q: --ca-propagation only when caPropagation is set", mgr.Args)
+			}
 		})
+	}
+}
+
+// checkControlPlaneRBAC checks the mesh CA's Secrets permissions: a Role and RoleBinding in
+// the control-plane namespace that bind the operator's ServiceAccount, the operator told to
+// cache Secrets in exactly that namespace, no Secrets in any ClusterRole, and the namespace,
+// when the chart creates it, kept on uninstall.
+func checkControlPlaneRBAC(t *testing.T, objs []*unstructured.Unstructured, dep *appsv1.Deployment, ns string) {
+	t.Helper()
+	role, binding := find(objs, "Role", fullname+"-manager"), find(objs, "RoleBinding", fullname+"-manager")
+	if role == nil || binding == nil {
+		t.Fatalf("no Role and RoleBinding %s-manager", fullname)
+	}
+	if role.GetNamespace() != ns || binding.GetNamespace() != ns {
+		t.Errorf("Role in %q, RoleBinding in %q; want both in the control-plane namespace %q", role.GetNamespace(), binding.GetNamespace(), ns)
+	}
+	var b rbacv1.RoleBinding
+	toTyped(t, binding, &b)
+	if b.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.GetName()}) {
+		t.Errorf("RoleBinding roleRef %+v, want Role %s", b.RoleRef, role.GetName())
+	}
+	if want := []rbacv1.Subject{{Kind: "ServiceAccount", Name: dep.Spec.Template.Spec.ServiceAccountName, Namespace: releaseNamespace}}; !reflect.DeepEqual(b.Subjects, want) {
+		t.Errorf("RoleBinding subjects %+v, want the operator's ServiceAccount %+v", b.Subjects, want)
+	}
+	var secretArgs []string
+	for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+		if strings.HasPrefix(a, "--secret-namespaces") {
+			secretArgs = append(secretArgs, a)
+		}
+	}
+	if want := []string{"--secret-namespaces=" + ns}; !slices.Equal(secretArgs, want) {
+		t.Errorf("manager Secret namespaces %q, want %q: the operator must cache Secrets only where it is granted them", secretArgs, want)
+	}
+	for _, o := range objs {
+		if o.GetKind() != "ClusterRole" {
+			continue
+		}
+		var cr rbacv1.ClusterRole
+		toTyped(t, o, &cr)
+		for _, r := range cr.Rules {
+			if (slices.Contains(r.APIGroups, "") && slices.Contains(r.Resources, "secrets")) ||
+				(slices.Contains(r.APIGroups, "cert-manager.io") && slices.Contains(r.Resources, "certificates")) {
+				t.Errorf("ClusterRole %s grants %v %v cluster-wide", cr.Name, r.APIGroups, r.Resources)
+			}
+		}
+	}
+	if n := find(objs, "Namespace", ns); n != nil && n.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
+		t.Errorf("Namespace %s lacks helm.sh/resource-policy: keep; helm uninstall would delete the control plane in it", ns)
 	}
 }
 
@@ -230,7 +314,7 @@ func TestClusterRoleMatchesConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	var want, got rbacv1.ClusterRole
-	readYAML(t, "config/rbac/role.yaml", &want)
+	toTyped(t, configObject(t, "config/rbac/role.yaml", "ClusterRole"), &want)
 	toTyped(t, find(objs, "ClusterRole", fullname+"-manager"), &got)
 	if len(want.Rules) == 0 {
 		t.Fatal("config/rbac/role.yaml has no rules")
@@ -240,6 +324,57 @@ func TestClusterRoleMatchesConfig(t *testing.T) {
 		t.Errorf("the rules of charts/capstan/templates/clusterrole.yaml differ from config/rbac/role.yaml "+
 			"(regenerated by make manifests); replace the template's rules with:\n%s", b)
 	}
+}
+
+// TestControlPlaneRoleMatchesConfig keeps the chart's Role for the mesh CA (Secrets and
+// cert-manager Certificates in the control-plane namespace) equal to the namespaced Role
+// controller-gen writes into config/rbac/role.yaml, in the same namespace by default.
+func TestControlPlaneRoleMatchesConfig(t *testing.T) {
+	objs, err := renderChart(loadChart(t), nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want, got rbacv1.Role
+	toTyped(t, configObject(t, "config/rbac/role.yaml", "Role"), &want)
+	toTyped(t, find(objs, "Role", fullname+"-manager"), &got)
+	if len(want.Rules) == 0 {
+		t.Fatal("config/rbac/role.yaml's Role has no rules")
+	}
+	if !reflect.DeepEqual(got.Rules, want.Rules) {
+		b, _ := yaml.Marshal(map[string]any{"rules": want.Rules})
+		t.Errorf("the rules of the Role in charts/capstan/templates/control-plane-rbac.yaml differ from config/rbac/role.yaml's Role "+
+			"(regenerated by make manifests); replace the template's rules with:\n%s", b)
+	}
+	if got.Namespace != want.Namespace {
+		t.Errorf("the chart's default controlPlaneNamespace is %q, config/rbac grants the Role in %q", got.Namespace, want.Namespace)
+	}
+}
+
+// configObject is the only object of a kind in a (multi-document) YAML file of the repository.
+func configObject(t *testing.T, rel, kind string) *unstructured.Unstructured {
+	t.Helper()
+	b, err := os.ReadFile(repoFile(t, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found *unstructured.Unstructured
+	for _, doc := range strings.Split(string(b), "\n---") {
+		o, err := parseObject([]byte(doc))
+		if err != nil {
+			t.Fatalf("%s: %v", rel, err)
+		}
+		if o == nil || o.GetKind() != kind {
+			continue
+		}
+		if found != nil {
+			t.Fatalf("%s has more than one %s", rel, kind)
+		}
+		found = o
+	}
+	if found == nil {
+		t.Fatalf("%s has no %s", rel, kind)
+	}
+	return found
 }
 
 // TestLeaderElectionRoleMatchesConfig keeps the chart's leader-election Role equal to config/rbac's.
@@ -318,6 +453,10 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"bad pull policy", map[string]any{"image": map[string]any{"pullPolicy": "Sometimes"}}, []string{"/image/pullPolicy", "Always"}},
 		{"bad log level", map[string]any{"logLevel": "verbose"}, []string{"/logLevel", "debug"}},
 		{"toleration as a string", map[string]any{"tolerations": []any{"infra"}}, []string{"/tolerations/0", "want object"}},
+		{"control-plane namespace not a DNS label", map[string]any{"controlPlaneNamespace": "Istio_System"}, []string{"/controlPlaneNamespace", "does not match pattern"}},
+		{"empty control-plane namespace", map[string]any{"controlPlaneNamespace": ""}, []string{"/controlPlaneNamespace", "minLength"}},
+		{"CA propagation not a duration", map[string]any{"caPropagation": "3 minutes"}, []string{"/caPropagation", "does not match pattern"}},
+		{"create namespace as a string", map[string]any{"createControlPlaneNamespace": "yes"}, []string{"/createControlPlaneNamespace", "want boolean"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -362,8 +501,9 @@ func TestRequiredWebhookCertificate(t *testing.T) {
 }
 
 // checkObject checks what every rendered object must have: the chart's labels, and a
-// namespace exactly when it is namespaced; it decodes known kinds strictly (no unknown fields).
-func checkObject(t *testing.T, o *unstructured.Unstructured) {
+// namespace exactly when it is namespaced (the release's, or for the mesh CA's Role and
+// RoleBinding the control-plane namespace); it decodes known kinds strictly (no unknown fields).
+func checkObject(t *testing.T, o *unstructured.Unstructured, controlPlaneNS string) {
 	t.Helper()
 	id := o.GetKind() + "/" + o.GetName()
 	l := o.GetLabels()
@@ -377,11 +517,14 @@ func checkObject(t *testing.T, o *unstructured.Unstructured) {
 			t.Errorf("%s: label %s = %q, want %q", id, k, l[k], want)
 		}
 	}
-	clusterScoped := map[string]bool{"ClusterRole": true, "ClusterRoleBinding": true, "ValidatingWebhookConfiguration": true}
-	if ns := o.GetNamespace(); clusterScoped[o.GetKind()] != (ns == "") || (ns != "" && ns != releaseNamespace) {
+	clusterScoped := map[string]bool{"ClusterRole": true, "ClusterRoleBinding": true, "ValidatingWebhookConfiguration": true, "Namespace": true}
+	ns := o.GetNamespace()
+	inControlPlane := ns == controlPlaneNS && (o.GetKind() == "Role" || o.GetKind() == "RoleBinding") && o.GetName() == fullname+"-manager"
+	if clusterScoped[o.GetKind()] != (ns == "") || (ns != "" && ns != releaseNamespace && !inControlPlane) {
 		t.Errorf("%s: namespace %q", id, ns)
 	}
 	typed := map[string]any{
+		"Namespace":      &corev1.Namespace{},
 		"ServiceAccount": &corev1.ServiceAccount{}, "Service": &corev1.Service{}, "Deployment": &appsv1.Deployment{},
 		"ClusterRole": &rbacv1.ClusterRole{}, "ClusterRoleBinding": &rbacv1.ClusterRoleBinding{},
 		"Role": &rbacv1.Role{}, "RoleBinding": &rbacv1.RoleBinding{},

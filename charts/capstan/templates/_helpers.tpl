@@ -73,3 +73,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "capstan.webhookCertDir" -}}
 /tmp/k8s-webhook-server/serving-certs
 {{- end }}
+
+{{/* The control-plane namespace: where the MeshControlPlane's spec.namespace installs istiod, and the only namespace the operator is granted Secrets in. */}}
+{{- define "capstan.controlPlaneNamespace" -}}
+{{- required "controlPlaneNamespace is required: the namespace of the mesh's control plane (MeshControlPlane spec.namespace)" .Values.controlPlaneNamespace }}
+{{- end }}
