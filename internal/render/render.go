@@ -131,7 +131,7 @@ func Render(in Input) ([]Object, error) {
 			if err != nil {
 				return err
 			}
-			if objs, ok := memo.get(key); ok {
+			if objs, ok := memo.get(c.Name, key); ok {
 				results[i] = objs
 				return nil
 			}
@@ -139,7 +139,7 @@ func Render(in Input) ([]Object, error) {
 			if err != nil {
 				return err
 			}
-			memo.put(key, objs)
+			memo.put(c.Name, key, objs)
 			results[i] = objs
 			return nil
 		})
@@ -257,15 +257,22 @@ func (in Input) key(chart string) (string, error) {
 }
 
 // memo keeps each chart's renders of the last few inputs, encoded as JSON: a fraction of the
-// memory of the decoded objects, and decoding costs far less than rendering.
+// memory of the decoded objects, and decoding costs far less than rendering. Each chart has
+// its own list, so that renders of one chart (istiod's, on every spec change) never evict
+// another's (base, whose CRDs take several times longer to render).
 var memo = &renderMemo{}
 
+// memoSize is how many renders of each chart are kept.
 const memoSize = 2
 
 type renderMemo struct {
-	mu      sync.Mutex
-	keys    []string
-	results map[string][]encoded
+	mu     sync.Mutex
+	charts map[string][]memoEntry // most recent last
+}
+
+type memoEntry struct {
+	key  string
+	objs []encoded
 }
 
 type encoded struct {
@@ -273,11 +280,16 @@ type encoded struct {
 	json      []byte
 }
 
-func (m *renderMemo) get(key string) ([]Object, bool) {
+func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 	m.mu.Lock()
-	enc, ok := m.results[key]
+	var enc []encoded
+	for _, e := range m.charts[chart] {
+		if e.key == key {
+			enc = e.objs
+		}
+	}
 	m.mu.Unlock()
-	if !ok {
+	if enc == nil {
 		return nil, false
 	}
 	out := make([]Object, len(enc))
@@ -291,7 +303,7 @@ func (m *renderMemo) get(key string) ([]Object, bool) {
 	return out, true
 }
 
-func (m *renderMemo) put(key string, objs []Object) {
+func (m *renderMemo) put(chart, key string, objs []Object) {
 	enc := make([]encoded, len(objs))
 	for i, o := range objs {
 		b, err := o.MarshalJSON()
@@ -302,18 +314,19 @@ func (m *renderMemo) put(key string, objs []Object) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.results == nil {
-		m.results = map[string][]encoded{}
+	if m.charts == nil {
+		m.charts = map[string][]memoEntry{}
 	}
-	if _, ok := m.results[key]; ok {
-		return
+	entries := m.charts[chart]
+	for _, e := range entries {
+		if e.key == key {
+			return
+		}
 	}
-	if len(m.keys) == memoSize {
-		delete(m.results, m.keys[0])
-		m.keys = m.keys[1:]
+	if len(entries) == memoSize {
+		entries = slices.Delete(entries, 0, 1)
 	}
-	m.keys = append(m.keys, key)
-	m.results[key] = enc
+	m.charts[chart] = append(entries, memoEntry{key: key, objs: enc})
 }
 
 // Warm loads the embedded charts and renders them with the values of an empty spec, which

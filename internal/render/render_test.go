@@ -227,3 +227,26 @@ func TestRestrictedValuesRenderTheSame(t *testing.T) {
 		})
 	}
 }
+
+// Every spec change re-renders the istiod chart; that must not push the base chart's
+// render (its CRDs cost several times more) out of the memo.
+func TestIstiodRendersDoNotEvictBase(t *testing.T) {
+	spec := func(replicas int32) meshv1.MeshControlPlaneSpec {
+		return meshv1.MeshControlPlaneSpec{Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: &replicas}}}
+	}
+	renderSpec(t, spec(1))
+	v, err := values.For(&meshv1.MeshControlPlaneSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseKey, err := Input{Values: Base.values(v), Namespace: "istio-system", KubeVersion: "v1.37.1"}.key(Base.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := int32(2); r < 2+memoSize+1; r++ {
+		renderSpec(t, spec(r))
+	}
+	if _, ok := memo.get(Base.Name, baseKey); !ok {
+		t.Errorf("after %d renders of other istiod specs, the base chart's render is no longer remembered", memoSize+1)
+	}
+}
