@@ -42,7 +42,8 @@ type run struct {
 //
 // CAPSTAN_BENCH_RUNS (default 5) and CAPSTAN_BENCH_STEADY (default 60s) tune it.
 // CAPSTAN_BENCH_KEEP_CRDS=1 keeps Istio's CRDs between runs instead, to measure an install
-// onto a cluster that has them (every run but the first).
+// onto a cluster that has them (every run but the first). CAPSTAN_BENCH_TIMELINE=1 logs each
+// run's requests, from the audit log, relative to the moment the MeshControlPlane was stored.
 func TestBench(t *testing.T) {
 	runs := envInt("CAPSTAN_BENCH_RUNS", 5)
 	removeCRDs := os.Getenv("CAPSTAN_BENCH_KEEP_CRDS") != "1"
@@ -105,6 +106,9 @@ func TestBench(t *testing.T) {
 				events = append(events, e)
 			}
 		}
+		if os.Getenv("CAPSTAN_BENCH_TIMELINE") == "1" {
+			logTimeline(t, events, created, start, readyAt.Add(settle))
+		}
 		r.install = Count(events, start, readyAt.Add(settle))
 		r.steady = Count(events, readyAt.Add(settle), readyAt.Add(settle+steady))
 		r.applied = r.install.LastApply.Sub(created)
@@ -152,6 +156,21 @@ func report(t *testing.T, rs []run, steady time.Duration) {
 	fmt.Fprintf(&b, "| operator CPU time, start to end of steady state | %.2f s | |\n", col(func(r run) float64 { return r.cpu.Seconds() }))
 	t.Log(b.String())
 	fmt.Print(b.String())
+}
+
+// logTimeline logs the requests received in [from, to): when each was received and
+// completed, relative to at.
+func logTimeline(t *testing.T, events []AuditEvent, at, from, to time.Time) {
+	for _, e := range events {
+		if e.RequestReceivedTimestamp.Before(from) || !e.RequestReceivedTimestamp.Before(to) {
+			continue
+		}
+		res, name := "", ""
+		if e.ObjectRef != nil {
+			res, name = e.ObjectRef.Resource, e.ObjectRef.Name
+		}
+		t.Logf("  %+.3f .. %+.3f s  %s %s %s", e.RequestReceivedTimestamp.Sub(at).Seconds(), e.StageTimestamp.Sub(at).Seconds(), e.Verb, res, name)
+	}
 }
 
 func waitReady(ctx context.Context, k8s client.Client) error {
