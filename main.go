@@ -18,11 +18,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
-	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/capstan-mesh/capstan/controllers"
+	"github.com/capstan-mesh/capstan/internal/metricsauth"
 	"github.com/capstan-mesh/capstan/internal/render"
 	capstanwebhook "github.com/capstan-mesh/capstan/internal/webhook"
 )
@@ -90,7 +90,7 @@ func run() error {
 	mopts := controllers.ManagerOptions(scheme, secretNS...)
 	mopts.Metrics = metricsserver.Options{BindAddress: metricsAddr, SecureServing: secureMetrics, TLSOpts: tlsOpts}
 	if secureMetrics {
-		mopts.Metrics.FilterProvider = filters.WithAuthenticationAndAuthorization
+		mopts.Metrics.FilterProvider = metricsauth.FilterProvider
 	}
 	if enableWebhooks {
 		mopts.WebhookServer = webhook.NewServer(webhook.Options{CertDir: webhookCertDir, TLSOpts: tlsOpts})
