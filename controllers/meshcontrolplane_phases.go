@@ -225,14 +225,46 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	return ctrl.Result{}, nil
 }
 
-// applyConcurrency bounds the requests one reconcile has in flight.
+// applyConcurrency bounds the requests one lane of a reconcile has in flight.
 const applyConcurrency = 16
 
-// applyInWaves runs fn over objects in apply order: objects of one rank (CRDs, then
-// identities, RBAC, configuration, workloads, webhooks) concurrently, and a rank only
-// once every object of the ranks before it succeeded. It returns the first object that
-// failed and its error.
+// applyInWaves runs fn over objects in apply order: objects of one rank (identities, RBAC,
+// configuration, then workloads, then webhooks) concurrently, and a rank only once every
+// object of the ranks before it succeeded. CRDs go in a lane of their own, started at once
+// and waited for at the end: nothing Capstan installs is an Istio resource, so nothing
+// waits for them, and they are the slowest writes by far (the apiserver checks and
+// publishes each schema), so the other ranks are written while the apiserver stores them.
+// It returns the first object that failed, in apply order, and its error.
 func (r *MeshControlPlaneReconciler) applyInWaves(ctx context.Context, objs []*unstructured.Unstructured, fn func(*unstructured.Unstructured) error) (*unstructured.Unstructured, error) {
+	var crds, rest []*unstructured.Unstructured
+	for _, o := range objs {
+		if k, _ := render.Lookup(o.GroupVersionKind()); isCRD(k) {
+			crds = append(crds, o)
+		} else {
+			rest = append(rest, o)
+		}
+	}
+	crdErrs := make([]error, len(crds))
+	var lane errgroup.Group
+	lane.SetLimit(applyConcurrency)
+	for i, o := range crds {
+		lane.Go(func() error {
+			crdErrs[i] = fn(o)
+			return nil
+		})
+	}
+	failed, err := r.applyRanks(ctx, rest, fn)
+	_ = lane.Wait()
+	for i, e := range crdErrs {
+		if e != nil {
+			return crds[i], e // CRDs come first in apply order
+		}
+	}
+	return failed, err
+}
+
+// applyRanks runs fn over objects rank by rank, concurrently within a rank.
+func (r *MeshControlPlaneReconciler) applyRanks(ctx context.Context, objs []*unstructured.Unstructured, fn func(*unstructured.Unstructured) error) (*unstructured.Unstructured, error) {
 	for start := 0; start < len(objs); {
 		end := start + 1
 		rank := render.Rank(objs[start].GroupVersionKind())
