@@ -60,8 +60,10 @@ const DefaultCASourcePollInterval = 30 * time.Second
 // docs/rbac.md for other namespaces and OLM); ConfigMaps are already readable cluster-wide
 // for the charts' objects, and the CA reads istiod's istio-ca-root-cert ones with them.
 //
-// +kubebuilder:rbac:groups="",namespace=istio-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=cert-manager.io,namespace=istio-system,resources=certificates,verbs=get;create;patch;delete
+// Nothing is deleted: the CA's objects are owned by the MeshControlPlane and go with it.
+//
+// +kubebuilder:rbac:groups="",namespace=istio-system,resources=secrets,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups=cert-manager.io,namespace=istio-system,resources=certificates,verbs=get;create;patch
 
 // CAReconciler runs the mesh CA: it issues the CA, hands it to istiod through the cacerts
 // Secret, renews the intermediate and rotates the root. It is a separate loop from the

@@ -123,7 +123,7 @@ func (r *CAReconciler) caPolicy(s *caScope) ca.Policy {
 // namespace, or that namespace does not exist yet (the install creates it).
 func (r *CAReconciler) checkNamespace(ctx context.Context, s *caScope) (ctrl.Result, error) {
 	if !r.secretsAllowed(s.ns) {
-		s.fail(meshv1.ReasonCAForbidden, fmt.Errorf("spec.namespace: the operator may manage Secrets only in %v, not in %s; grant it the capstan-ca Role there (Helm value controlPlaneNamespace) and start it with --secret-namespaces=%s",
+		s.fail(meshv1.ReasonCAForbidden, fmt.Errorf("spec.namespace: the operator may manage Secrets only in %v, not in %s; grant it the capstan-manager Role there (Helm value controlPlaneNamespace) and start it with --secret-namespaces=%s",
 			r.SecretNamespaces, s.ns, s.ns))
 		return ctrl.Result{}, nil
 	}

@@ -170,9 +170,15 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 		Eventually(func() bool {
 			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKeyFromObject(m), m))
 		}).Should(BeTrue())
-		Eventually(func() bool {
-			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Name: istioNS}, &corev1.Namespace{}))
-		}).Should(BeTrue(), "the namespace Capstan created is gone")
+		// istio-system itself stays: the operator's RBAC (config/rbac) ships it, as the home of
+		// the CA's Secrets Role, so it is not Capstan's to delete. What Capstan wrote in it
+		// goes, the CA's key material included (owned by the MeshControlPlane, removed by the
+		// garbage collector).
+		for _, name := range []string{"cacerts", "capstan-ca"} {
+			Eventually(func() bool {
+				return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: name}, &corev1.Secret{}))
+			}).Should(BeTrue(), "Secret %s/%s is gone", istioNS, name)
+		}
 		left := owned(ctx)
 		Expect(left).To(HaveEach(HavePrefix("CustomResourceDefinition ")))
 		Expect(left).To(ContainElement("CustomResourceDefinition /virtualservices.networking.istio.io"))
