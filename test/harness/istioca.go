@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/encoding/protowire"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
 )
 
 // IstioCAAudience is the token audience istiod's CA accepts (the audience of the projected
@@ -144,9 +144,11 @@ func (d *Istiod) WorkloadCertificate(ctx context.Context, req WorkloadCertReques
 	}
 	defer conn.Close()
 	callCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token, "ClusterID", "Kubernetes")
-	in := &certificateRequest{CSR: string(csrPEM), ValiditySeconds: int64(req.TTL / time.Second)}
-	out := &certificateResponse{}
-	if err := conn.Invoke(callCtx, createCertificateMethod, in, out, grpc.ForceCodec(caCodec{})); err != nil {
+	out, err := securityv1alpha1.NewIstioCertificateServiceClient(conn).CreateCertificate(callCtx, &securityv1alpha1.IstioCertificateRequest{
+		Csr:              string(csrPEM),
+		ValidityDuration: int64(req.TTL / time.Second),
+	})
+	if err != nil {
 		return nil, fmt.Errorf("%s (server name %s): %w", what, req.ServerName, err)
 	}
 
@@ -154,7 +156,7 @@ func (d *Istiod) WorkloadCertificate(ctx context.Context, req WorkloadCertReques
 	wc := &WorkloadCert{Key: key, SPIFFEID: id.String(), IstiodChain: istiodChain}
 	mu.Unlock()
 	var certs []*x509.Certificate
-	for _, s := range out.CertChain {
+	for _, s := range out.GetCertChain() {
 		wc.ChainPEM = append(wc.ChainPEM, s...)
 		cs, err := parseCertsPEM([]byte(s))
 		if err != nil {
@@ -235,74 +237,4 @@ func parseCertsPEM(data []byte) ([]*x509.Certificate, error) {
 
 func isSelfSigned(c *x509.Certificate) bool {
 	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
-}
-
-// The CA service's wire messages (istio.io/api security/v1alpha1 ca.proto, package
-// istio.v1.auth), encoded by hand with protowire: the generated types live in istio.io/api,
-// which this module does not require directly. Only the fields the harness uses are here.
-const createCertificateMethod = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
-
-// certificateRequest is IstioCertificateRequest: csr = 1, validity_duration = 3 (seconds).
-// metadata = 4 (impersonation) is not used.
-type certificateRequest struct {
-	CSR             string
-	ValiditySeconds int64
-}
-
-// certificateResponse is IstioCertificateResponse: repeated cert_chain = 1.
-type certificateResponse struct {
-	CertChain []string
-}
-
-// caCodec marshals certificateRequest and unmarshals certificateResponse in the protobuf
-// wire format. Its name is "proto", so the call's content type is application/grpc+proto,
-// what istiod's generated server decodes.
-type caCodec struct{}
-
-func (caCodec) Name() string { return "proto" }
-
-func (caCodec) Marshal(v any) ([]byte, error) {
-	r, ok := v.(*certificateRequest)
-	if !ok {
-		return nil, fmt.Errorf("caCodec: cannot marshal %T", v)
-	}
-	var b []byte
-	if r.CSR != "" {
-		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendString(b, r.CSR)
-	}
-	if r.ValiditySeconds != 0 {
-		b = protowire.AppendTag(b, 3, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(r.ValiditySeconds))
-	}
-	return b, nil
-}
-
-func (caCodec) Unmarshal(data []byte, v any) error {
-	r, ok := v.(*certificateResponse)
-	if !ok {
-		return fmt.Errorf("caCodec: cannot unmarshal into %T", v)
-	}
-	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
-		if n < 0 {
-			return fmt.Errorf("caCodec: %w", protowire.ParseError(n))
-		}
-		data = data[n:]
-		if num == 1 && typ == protowire.BytesType {
-			s, n := protowire.ConsumeString(data)
-			if n < 0 {
-				return fmt.Errorf("caCodec: cert_chain: %w", protowire.ParseError(n))
-			}
-			r.CertChain = append(r.CertChain, s)
-			data = data[n:]
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, data)
-		if n < 0 {
-			return fmt.Errorf("caCodec: field %d: %w", num, protowire.ParseError(n))
-		}
-		data = data[n:]
-	}
-	return nil
 }
