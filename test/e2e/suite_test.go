@@ -53,7 +53,7 @@ var _ = BeforeSuite(func(ctx context.Context) {
 
 var _ = ReportAfterEach(func(r SpecReport) {
 	if r.Failed() && operator != nil {
-		AddReportEntry("capstan log", operator.LogTail(60))
+		AddReportEntry("capstan log", operator.LogTail(8000)) // bytes
 	}
 })
 
