@@ -183,8 +183,8 @@ func waitReady(ctx context.Context, k8s client.Client) error {
 	})
 }
 
-// uninstall deletes the MeshControlPlane and waits until its namespace (and its CRDs, when
-// crdsToo) are gone, so the next run starts from a cluster without the control plane.
+// uninstall deletes the MeshControlPlane and waits until the control plane (and its CRDs,
+// when crdsToo) is gone, so the next run starts from a cluster without it.
 func uninstall(ctx context.Context, k8s client.Client, c *harness.Cluster, crdsToo bool) error {
 	m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}}
 	if err := k8s.Delete(ctx, m); err != nil {
@@ -194,8 +194,19 @@ func uninstall(ctx context.Context, k8s client.Client, c *harness.Cluster, crdsT
 		if err := k8s.Get(ctx, client.ObjectKeyFromObject(m), m); !apierrors.IsNotFound(err) {
 			return false, nil
 		}
-		if _, err := c.Clientset.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		// Capstan deletes the control-plane namespace only when it created it; config/ ships
+		// istio-system (for the CA's Role), and then Capstan's objects in it go instead.
+		ns, err := c.Clientset.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return false, err
+		case ns.Labels["app.kubernetes.io/managed-by"] == "capstan":
 			return false, nil
+		default:
+			if _, err := c.Clientset.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return false, nil
+			}
 		}
 		if !crdsToo {
 			return true, nil
