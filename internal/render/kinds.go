@@ -9,10 +9,11 @@ import (
 type Kind struct {
 	schema.GroupVersionKind
 	Namespaced bool
-	// rank orders applies in waves: Istio's CRDs with the identities, permissions and
-	// configuration (nothing Capstan installs is an Istio resource, so nothing waits for the
-	// CRDs), then workloads, and last the webhooks and policies that call them or gate
-	// admission. Objects of one rank are applied together. The namespace comes first.
+	// rank orders applies in waves: identities, permissions and configuration, then
+	// workloads, and last the webhooks and policies that call them or gate admission.
+	// Objects of one rank are applied together. The namespace comes first. Istio's CRDs
+	// are written beside the waves, not before them: nothing Capstan installs is an Istio
+	// resource, so nothing waits for them.
 	rank int
 }
 
