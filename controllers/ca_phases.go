@@ -127,8 +127,7 @@ func (r *CAReconciler) checkNamespace(ctx context.Context, s *caScope) (ctrl.Res
 			r.SecretNamespaces, s.ns, s.ns))
 		return ctrl.Result{}, nil
 	}
-	ns := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}}
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: s.ns}, ns); err != nil {
+	if err := r.Get(ctx, client.ObjectKey{Name: s.ns}, metadataOf(namespaceGVK)); err != nil { // every namespace is cached
 		if apierrors.IsNotFound(err) {
 			s.stop = true
 			return ctrl.Result{RequeueAfter: time.Second}, nil

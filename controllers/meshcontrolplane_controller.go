@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -79,8 +80,8 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// The CA controller's cacerts Secret gates istiod's first start (see awaitCA).
 	b = b.Watches(&corev1.Secret{}, toSingleton, owned)
 	for _, k := range render.Kinds {
-		if isCRD(k) {
-			b = b.WatchesMetadata(crdMetadata(), toSingleton, owned)
+		if metadataOnly(k) {
+			b = b.WatchesMetadata(metadataOf(k.GroupVersionKind), toSingleton, owned)
 			continue
 		}
 		u := &unstructured.Unstructured{}
@@ -175,8 +176,22 @@ func isCRD(k render.Kind) bool {
 	return k.Group == apiextensionsv1.GroupName && k.Kind == "CustomResourceDefinition"
 }
 
+// metadataOnly says whether Capstan caches a kind as metadata only: CRDs, whose schemas are
+// large and whose drift shows in their generation, and Namespaces, which are cached all of
+// them (not only Capstan's) and of which Capstan reads only names and labels.
+func metadataOnly(k render.Kind) bool {
+	return isCRD(k) || k.GroupVersionKind == namespaceGVK
+}
+
+var namespaceGVK = corev1.SchemeGroupVersion.WithKind("Namespace")
+
 func crdMetadata() *metav1.PartialObjectMetadata {
+	return metadataOf(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+}
+
+// metadataOf is an empty metadata-only object of a kind, for the metadata cache.
+func metadataOf(gvk schema.GroupVersionKind) *metav1.PartialObjectMetadata {
 	m := &metav1.PartialObjectMetadata{}
-	m.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	m.SetGroupVersionKind(gvk)
 	return m
 }

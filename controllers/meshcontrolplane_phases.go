@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -108,20 +109,14 @@ func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Res
 // ensureNamespace creates the control-plane namespace when it is missing. A namespace the
 // user made stays the user's: Capstan neither labels nor ever deletes it.
 func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *scope) (ctrl.Result, error) {
-	ref := apply.Ref{GVK: corev1.SchemeGroupVersion.WithKind("Namespace")}
+	ref := apply.Ref{GVK: namespaceGVK}
 	ref.Name = s.namespace
-	ns := &unstructured.Unstructured{}
-	ns.SetGroupVersionKind(ref.GVK)
-	err := r.Get(ctx, client.ObjectKey{Name: s.namespace}, ns) // the cache holds only Capstan's
+	ns := metadataOf(namespaceGVK)
+	err := r.Get(ctx, client.ObjectKey{Name: s.namespace}, ns) // every namespace is cached
 	if err == nil {
-		s.keep = append(s.keep, ref)
-		return ctrl.Result{}, nil
-	}
-	if !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, err
-	}
-	err = r.APIReader.Get(ctx, client.ObjectKey{Name: s.namespace}, &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}})
-	if err == nil {
+		if apply.Owned(ns.Labels) {
+			s.keep = append(s.keep, ref)
+		}
 		return ctrl.Result{}, nil
 	}
 	if !apierrors.IsNotFound(err) {
@@ -132,7 +127,13 @@ func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *sco
 		apply.ComponentLabel: apply.NamespaceComponent,
 		apply.RevisionLabel:  apply.DefaultRevision,
 	}}}
-	if err := r.Create(ctx, created); err != nil && !apierrors.IsAlreadyExists(err) {
+	switch err := r.Create(ctx, created); {
+	case apierrors.IsAlreadyExists(err):
+		// The cache has not seen it yet. Whose it is, the next reconcile reads from the
+		// cache; until then it is not pruned.
+		s.keep = append(s.keep, ref)
+		return ctrl.Result{}, nil
+	case err != nil:
 		s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("spec.namespace: creating namespace %s: %w", s.namespace, err), false)
 		return ctrl.Result{}, err
 	}
@@ -191,7 +192,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	}
 	if installed && len(changed) > 1 {
 		if o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
-			return r.applyOne(ctx, o.DeepCopy(), client.DryRunAll)
+			return r.applyOne(ctx, o.DeepCopy(), true)
 		}); err != nil {
 			return r.applyFailed(s, o, err)
 		}
@@ -200,7 +201,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
 		ref := apply.RefOf(o)
 		obj := o.DeepCopy()
-		if err := r.applyOne(ctx, obj); err != nil {
+		if err := r.applyOne(ctx, obj, false); err != nil {
 			return err
 		}
 		if ref.GVK.Kind == "CustomResourceDefinition" {
@@ -300,9 +301,42 @@ func rejected(err error) bool {
 		(apierrors.IsInternalError(err) && strings.Contains(err.Error(), "failed to create typed patch object"))
 }
 
-func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, obj *unstructured.Unstructured, opts ...client.ApplyOption) error {
-	opts = append(opts, client.FieldOwner(apply.FieldManager), client.ForceOwnership)
-	return r.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), opts...)
+// applyOne server-side applies obj. The apiserver answers an apply with the whole stored
+// object; Capstan reads back only the metadata (generation, labels) of everything but
+// Deployments, whose status says whether istiod is ready. So it asks for the answer as
+// metadata only: Istio's CRDs alone come back as about a megabyte of JSON otherwise, which
+// the apiserver would encode and Capstan decode on every install. On return obj holds
+// the apiserver's answer (only its metadata, for a metadata-only answer).
+func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, obj *unstructured.Unstructured, dryRun bool) error {
+	if obj.GetKind() == "Deployment" {
+		opts := []client.ApplyOption{client.FieldOwner(apply.FieldManager), client.ForceOwnership}
+		if dryRun {
+			opts = append(opts, client.DryRunAll)
+		}
+		return r.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), opts...)
+	}
+	body, err := obj.MarshalJSON()
+	if err != nil {
+		return err
+	}
+	m := metadataOf(obj.GroupVersionKind())
+	m.SetNamespace(obj.GetNamespace())
+	m.SetName(obj.GetName())
+	opts := []client.PatchOption{client.FieldOwner(apply.FieldManager), client.ForceOwnership}
+	if dryRun {
+		opts = append(opts, client.DryRunAll)
+	}
+	if err := r.Patch(ctx, m, client.RawPatch(types.ApplyPatchType, body), opts...); err != nil {
+		return err
+	}
+	obj.Object = map[string]any{"apiVersion": obj.GetAPIVersion(), "kind": obj.GetKind()}
+	obj.SetResourceVersion(m.ResourceVersion)
+	obj.SetGeneration(m.Generation)
+	obj.SetNamespace(m.Namespace)
+	obj.SetName(m.Name)
+	obj.SetLabels(m.Labels)
+	obj.SetAnnotations(m.Annotations)
+	return nil
 }
 
 // applyFailed reports a failed apply. An object the apiserver rejects as invalid comes from
@@ -455,9 +489,9 @@ func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Ref
 	sel := client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}
 	var refs []apply.Ref
 	for _, k := range render.Kinds {
-		if isCRD(k) {
+		if metadataOnly(k) {
 			l := &metav1.PartialObjectMetadataList{}
-			l.SetGroupVersionKind(k.GroupVersion().WithKind("CustomResourceDefinitionList"))
+			l.SetGroupVersionKind(k.GroupVersion().WithKind(k.Kind + "List"))
 			if err := r.List(ctx, l, sel); err != nil {
 				return nil, fmt.Errorf("listing %s: %w", k.Kind, err)
 			}

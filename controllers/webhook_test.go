@@ -40,7 +40,7 @@ func TestWebhookAgainstAPIServer(t *testing.T) {
 	}
 	defer func() { _ = env.Stop() }()
 
-	scheme, err := controllers.NewScheme()
+	scheme, err := controllers.NewTestScheme()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ var _ = BeforeSuite(func(ctx context.Context) {
 	var err error
 	cluster, err = harness.StartCluster(ctx, harness.ClusterOptions{})
 	Expect(err).NotTo(HaveOccurred())
-	scheme, err := controllers.NewScheme()
+	scheme, err := controllers.NewTestScheme()
 	Expect(err).NotTo(HaveOccurred())
 	k8s, err = client.New(cluster.RESTConfig, client.Options{Scheme: scheme})
 	Expect(err).NotTo(HaveOccurred())
