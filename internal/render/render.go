@@ -5,9 +5,11 @@ package render
 
 import (
 	"bytes"
+	"compress/flate"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
 	"slices"
@@ -42,6 +44,9 @@ type Component struct {
 	// then finds the chart's render in the memo. A test keeps the list complete. Nil means
 	// every value (the istiod chart writes all of them into a ConfigMap).
 	ValueKeys []string
+	// ReuseParsed keeps the parsed form of the chart's documents across renders (see
+	// parsed): for a chart that re-renders on most spec changes, from mostly the same text.
+	ReuseParsed bool
 }
 
 // Components are installed in this order; later issues add gateways and CNI here.
@@ -50,7 +55,7 @@ var (
 		"_internal_defaults_do_not_set", "base", "compatibilityVersion", "defaultRevision",
 		"defaults", "experimental", "global", "platform", "profile",
 	}}
-	Istiod  = Component{Name: "istiod", Chart: "charts/istio-control/istio-discovery"}
+	Istiod  = Component{Name: "istiod", Chart: "charts/istio-control/istio-discovery", ReuseParsed: true}
 	Install = []Component{Base, Istiod}
 )
 
@@ -69,17 +74,16 @@ type Input struct {
 	KubeVersion string
 }
 
-var loadCharts = sync.OnceValues(func() (map[string]*chartv2.Chart, error) {
-	out := map[string]*chartv2.Chart{}
-	for _, c := range Install {
-		ch, err := load(manifests.BuiltinOrDir(""), c.Chart)
-		if err != nil {
-			return nil, fmt.Errorf("loading embedded chart %s: %w", c.Chart, err)
-		}
-		out[c.Name] = ch
+// loadChart reads a component's chart out of istio.io/istio/manifests. Charts are loaded
+// for each render rather than kept: loading takes about a millisecond, renders are
+// remembered (see memo), and a loaded chart holds over a megabyte for the operator's life.
+func loadChart(c Component) (*chartv2.Chart, error) {
+	ch, err := load(manifests.BuiltinOrDir(""), c.Chart)
+	if err != nil {
+		return nil, fmt.Errorf("loading embedded chart %s: %w", c.Chart, err)
 	}
-	return out, nil
-})
+	return ch, nil
+}
 
 // load reads one chart directory out of an fs.FS.
 func load(fsys fs.FS, dir string) (*chartv2.Chart, error) {
@@ -108,10 +112,6 @@ func load(fsys fs.FS, dir string) (*chartv2.Chart, error) {
 // and a change to istiod's settings renders only the istiod chart. The caller owns the
 // returned objects.
 func Render(in Input) ([]Object, error) {
-	charts, err := loadCharts()
-	if err != nil {
-		return nil, err
-	}
 	caps := common.DefaultCapabilities.Copy()
 	if in.KubeVersion != "" {
 		kv, err := common.ParseKubeVersion(in.KubeVersion)
@@ -135,7 +135,11 @@ func Render(in Input) ([]Object, error) {
 				results[i] = objs
 				return nil
 			}
-			objs, err := renderChart(charts[c.Name], c, cin, caps)
+			ch, err := loadChart(c)
+			if err != nil {
+				return err
+			}
+			objs, err := renderChart(ch, c, cin, caps)
 			if err != nil {
 				return err
 			}
@@ -200,7 +204,7 @@ func renderChart(ch *chartv2.Chart, c Component, in Input, caps *common.Capabili
 			if len(doc) == 0 {
 				continue
 			}
-			u, err := parsed.parse(doc)
+			u, err := parseDoc(doc, c.ReuseParsed)
 			if err != nil {
 				return nil, fmt.Errorf("chart %s: %s: %w", c.Name, name, err)
 			}
@@ -256,10 +260,11 @@ func (in Input) key(chart string) (string, error) {
 	return string(h.Sum(nil)), nil
 }
 
-// memo keeps each chart's renders of the last few inputs, encoded as JSON: a fraction of the
-// memory of the decoded objects, and decoding costs far less than rendering. Each chart has
-// its own list, so that renders of one chart (istiod's, on every spec change) never evict
-// another's (base, whose CRDs take several times longer to render).
+// memo keeps each chart's renders of the last few inputs, as compressed JSON: Istio's CRDs
+// are a megabyte of JSON and a tenth of that compressed, and inflating and decoding cost
+// far less than rendering. Each chart has its own list, so that renders of one chart
+// (istiod's, on every spec change) never evict another's (base, whose CRDs take several
+// times longer to render).
 var memo = &renderMemo{}
 
 // memoSize is how many renders of each chart are kept.
@@ -270,47 +275,65 @@ type renderMemo struct {
 	charts map[string][]memoEntry // most recent last
 }
 
+// memoEntry is one render: its objects' JSON, one after another, compressed; ends[i] is
+// where object i's JSON ends in the inflated text.
 type memoEntry struct {
-	key  string
-	objs []encoded
-}
-
-type encoded struct {
+	key       string
 	component string
-	json      []byte
+	deflated  []byte
+	ends      []int
 }
 
 func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 	m.mu.Lock()
-	var enc []encoded
-	for _, e := range m.charts[chart] {
+	var found *memoEntry
+	for i, e := range m.charts[chart] {
 		if e.key == key {
-			enc = e.objs
+			found = &m.charts[chart][i]
 		}
+	}
+	var e memoEntry
+	if found != nil {
+		e = *found
 	}
 	m.mu.Unlock()
-	if enc == nil {
+	if found == nil {
 		return nil, false
 	}
-	out := make([]Object, len(enc))
-	for i, e := range enc {
+	text, err := io.ReadAll(flate.NewReader(bytes.NewReader(e.deflated)))
+	if err != nil {
+		return nil, false // it was compressed here, so this does not happen
+	}
+	out := make([]Object, len(e.ends))
+	start := 0
+	for i, end := range e.ends {
 		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(e.json); err != nil {
-			return nil, false // it was encoded from an object, so this does not happen
+		if err := u.UnmarshalJSON(text[start:end]); err != nil {
+			return nil, false
 		}
 		out[i] = Object{Component: e.component, Unstructured: u}
+		start = end
 	}
 	return out, true
 }
 
 func (m *renderMemo) put(chart, key string, objs []Object) {
-	enc := make([]encoded, len(objs))
+	var text bytes.Buffer
+	ends := make([]int, len(objs))
+	component := ""
 	for i, o := range objs {
 		b, err := o.MarshalJSON()
-		if err != nil {
+		if err != nil || (i > 0 && o.Component != component) {
 			return
 		}
-		enc[i] = encoded{component: o.Component, json: b}
+		component = o.Component
+		text.Write(b)
+		ends[i] = text.Len()
+	}
+	var deflated bytes.Buffer
+	w, _ := flate.NewWriter(&deflated, flate.BestSpeed) // only an invalid level fails
+	if _, err := w.Write(text.Bytes()); err != nil || w.Close() != nil {
+		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -326,7 +349,7 @@ func (m *renderMemo) put(chart, key string, objs []Object) {
 	if len(entries) == memoSize {
 		entries = slices.Delete(entries, 0, 1)
 	}
-	m.charts[chart] = append(entries, memoEntry{key: key, objs: enc})
+	m.charts[chart] = append(entries, memoEntry{key: key, component: component, deflated: slices.Clip(deflated.Bytes()), ends: ends})
 }
 
 // Warm loads the embedded charts and renders them with the values of an empty spec, which
@@ -340,36 +363,34 @@ func Warm(kubeVersion string) error {
 	return err
 }
 
-// parsed remembers the JSON of parsed documents by their YAML text. Most of a render's YAML
-// is the same from one spec to the next (Istio's CRDs above all), YAML parsing is most of a
-// render's cost, and decoding JSON is several times cheaper.
+// parsed remembers the JSON of parsed documents by their YAML text. Most of the istiod
+// chart's YAML is the same from one spec to the next (the injection templates above all),
+// YAML parsing is most of a render's cost, and decoding JSON is several times cheaper.
 var parsed = &docCache{}
 
 // docCacheSize bounds the documents kept: a few renders' worth.
-const docCacheSize = 128
+const docCacheSize = 64
 
 type docCache struct {
 	mu   sync.Mutex
 	docs map[[sha256.Size]byte][]byte
 }
 
-// parse turns one YAML document into an object the caller owns; nil for an empty document.
-func (c *docCache) parse(doc []byte) (*unstructured.Unstructured, error) {
-	key := sha256.Sum256(doc)
-	c.mu.Lock()
-	js, ok := c.docs[key]
-	c.mu.Unlock()
-	if !ok {
+// parseDoc turns one YAML document into an object the caller owns; nil for an empty
+// document. With reuse, the JSON of a document seen before comes from parsed.
+func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
+	var js []byte
+	if reuse {
+		js = parsed.get(doc)
+	}
+	if js == nil {
 		var err error
 		if js, err = yaml.YAMLToJSON(doc); err != nil {
 			return nil, err
 		}
-		c.mu.Lock()
-		if c.docs == nil || len(c.docs) >= docCacheSize {
-			c.docs = map[[sha256.Size]byte][]byte{}
+		if reuse {
+			parsed.put(doc, js)
 		}
-		c.docs[key] = js
-		c.mu.Unlock()
 	}
 	if string(js) == "null" || string(js) == "{}" {
 		return nil, nil
@@ -377,4 +398,21 @@ func (c *docCache) parse(doc []byte) (*unstructured.Unstructured, error) {
 	// UnmarshalJSON keeps integers as int64, as the apiserver's own objects have them.
 	u := &unstructured.Unstructured{}
 	return u, u.UnmarshalJSON(js)
+}
+
+func (c *docCache) get(doc []byte) []byte {
+	key := sha256.Sum256(doc)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.docs[key]
+}
+
+func (c *docCache) put(doc, js []byte) {
+	key := sha256.Sum256(doc)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.docs == nil || len(c.docs) >= docCacheSize {
+		c.docs = map[[sha256.Size]byte][]byte{}
+	}
+	c.docs[key] = js
 }

@@ -153,17 +153,17 @@ func TestRenderReturnsObjectsTheCallerOwns(t *testing.T) {
 // value a restricted chart's templates read must be in the list, or a spec change that
 // affects the chart would be served a stale render.
 func TestValueKeysCoverWhatTheChartReads(t *testing.T) {
-	charts, err := loadCharts()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ref := regexp.MustCompile(`\.Values\)?\.([A-Za-z_][A-Za-z0-9_]*)`)
 	for _, c := range Install {
 		if c.ValueKeys == nil {
 			continue
 		}
+		ch, err := loadChart(c)
+		if err != nil {
+			t.Fatal(err)
+		}
 		var read int
-		for _, tpl := range charts[c.Name].Templates {
+		for _, tpl := range ch.Templates {
 			for _, m := range ref.FindAllStringSubmatch(string(tpl.Data), -1) {
 				read++
 				if !slices.Contains(c.ValueKeys, m[1]) {
@@ -180,10 +180,6 @@ func TestValueKeysCoverWhatTheChartReads(t *testing.T) {
 // TestRestrictedValuesRenderTheSame compares a restricted chart's render from its value
 // keys alone with its render from every value, for specs that touch many settings.
 func TestRestrictedValuesRenderTheSame(t *testing.T) {
-	charts, err := loadCharts()
-	if err != nil {
-		t.Fatal(err)
-	}
 	replicas := int32(3)
 	specs := map[string]meshv1.MeshControlPlaneSpec{
 		"defaults":       {},
@@ -207,11 +203,15 @@ func TestRestrictedValuesRenderTheSame(t *testing.T) {
 				if c.ValueKeys == nil {
 					continue
 				}
-				full, err := renderChart(charts[c.Name], c, Input{Values: v, Namespace: ns}, caps)
+				ch, err := loadChart(c)
 				if err != nil {
 					t.Fatal(err)
 				}
-				restricted, err := renderChart(charts[c.Name], c, Input{Values: c.values(v), Namespace: ns}, caps)
+				full, err := renderChart(ch, c, Input{Values: v, Namespace: ns}, caps)
+				if err != nil {
+					t.Fatal(err)
+				}
+				restricted, err := renderChart(ch, c, Input{Values: c.values(v), Namespace: ns}, caps)
 				if err != nil {
 					t.Fatal(err)
 				}
