@@ -24,6 +24,7 @@ import (
 	"github.com/capstan-mesh/capstan/controllers"
 	"github.com/capstan-mesh/capstan/internal/metricsauth"
 	"github.com/capstan-mesh/capstan/internal/render"
+	"github.com/capstan-mesh/capstan/internal/trim"
 	capstanwebhook "github.com/capstan-mesh/capstan/internal/webhook"
 )
 
@@ -37,6 +38,7 @@ func main() {
 func run() error {
 	var (
 		metricsAddr, probeAddr string
+		pprofAddr              string
 		leaderElect            bool
 		leaderNamespace        string
 		qps                    float64
@@ -47,12 +49,14 @@ func run() error {
 		secureMetrics          bool
 		secretNamespaces       string
 		caPropagation          time.Duration
+		trimMemory             bool
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "address the metrics endpoint binds to (the Deployment uses :8443); 0 turns it off")
 	flag.BoolVar(&secureMetrics, "metrics-secure", true, "serve metrics over HTTPS, only to clients the apiserver authenticates and authorizes for GET /metrics")
 	flag.BoolVar(&enableWebhooks, "enable-webhooks", true, "serve the MeshControlPlane validating webhook on :9443")
 	flag.StringVar(&webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding the webhook's tls.crt and tls.key (OLM and the Helm chart mount them here)")
 	flag.BoolVar(&enableHTTP2, "enable-http2", false, "serve HTTP/2 from the metrics and webhook servers; off because of the HTTP/2 Rapid Reset and Stream Cancellation attacks (CVE-2023-44487, CVE-2023-39325)")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "address Go's profiling endpoints (/debug/pprof/) bind to, for diagnosing memory and CPU; 0 turns them off. They are unauthenticated: bind them to 127.0.0.1")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the health and readiness probes bind to")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, so that only one of several replicas reconciles")
 	flag.StringVar(&leaderNamespace, "leader-election-namespace", "", "namespace of the leader-election Lease (default: the pod's namespace)")
@@ -62,6 +66,7 @@ func run() error {
 	flag.IntVar(&burst, "kube-api-burst", 100, "requests the operator may send at once, above kube-api-qps")
 	flag.StringVar(&secretNamespaces, "secret-namespaces", "istio-system", "comma-separated namespaces the operator is granted Secrets in (the mesh CA's cacerts lives in the control-plane namespace); empty means every namespace")
 	flag.DurationVar(&caPropagation, "ca-propagation", controllers.DefaultCAPropagation, "how long a root rotation allows for a cacerts change to reach istiod (kubelet Secret sync) and a new trust bundle to reach every sidecar, clock skew included")
+	flag.BoolVar(&trimMemory, "trim-memory", true, "after each burst of work (an install, an upgrade, a rotation step), once the operator is quiet again, run one garbage collection that returns the burst's memory to the system")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -77,6 +82,10 @@ func run() error {
 		return err
 	}
 	cfg.QPS, cfg.Burst = float32(qps), burst
+	// The operator talks to its own cluster's apiserver: compressing responses there saves
+	// no bandwidth worth having, costs the apiserver CPU, and every watch stream would hold
+	// a gzip reader (about 40 KB each, twenty-odd watches) for the operator's whole life.
+	cfg.DisableCompression = true
 	var tlsOpts []func(*tls.Config)
 	if !enableHTTP2 {
 		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
@@ -96,6 +105,7 @@ func run() error {
 		mopts.WebhookServer = webhook.NewServer(webhook.Options{CertDir: webhookCertDir, TLSOpts: tlsOpts})
 	}
 	mopts.HealthProbeBindAddress = probeAddr
+	mopts.PprofBindAddress = pprofAddr
 	mopts.LeaderElection = leaderElect
 	mopts.LeaderElectionID = "capstan.mesh.capstan.dev"
 	mopts.LeaderElectionNamespace = leaderNamespace
@@ -134,6 +144,11 @@ func run() error {
 		Metrics:          caMetrics,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the mesh CA controller: %w", err)
+	}
+	if trimMemory {
+		if err := mgr.Add(&trim.Trimmer{}); err != nil {
+			return err
+		}
 	}
 	ready := healthz.Ping
 	if enableWebhooks {
