@@ -24,8 +24,9 @@ const (
 	// be worth its collection.
 	DefaultBurst = 8 << 20
 	// DefaultQuiet is how long allocation must stay below DefaultIdleRate before a trim:
-	// longer than the pauses inside one reconcile burst.
-	DefaultQuiet = 2 * time.Second
+	// longer than the pauses inside one burst of reconciles. A trim that comes too early
+	// costs one collection of a heap of a few megabytes, a few milliseconds.
+	DefaultQuiet = time.Second
 	// DefaultIdleRate is the allocation rate, in bytes per second, that counts as quiet:
 	// an idle operator's watches and lease renewals allocate far less.
 	DefaultIdleRate = 1 << 20

@@ -4,7 +4,8 @@ import "testing"
 
 // TestTrimsOnceAfterEachBurst drives the decision with readings of the allocation counter
 // taken every half second: a trim comes only once a burst's worth has been allocated and
-// allocation has then stayed quiet for DefaultQuiet, and only once per burst.
+// allocation has then stayed quiet for DefaultQuiet (one second: two readings), and only
+// once per burst.
 func TestTrimsOnceAfterEachBurst(t *testing.T) {
 	const mib = 1 << 20
 	cases := map[string]struct {
@@ -15,13 +16,13 @@ func TestTrimsOnceAfterEachBurst(t *testing.T) {
 			perTick: []uint64{1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000},
 		},
 		"a burst is trimmed once the quiet period has passed": {
-			// 20 MiB in a second, then four quiet readings: trim at the fourth (2s).
+			// 20 MiB in a second, then quiet: trim at the second quiet reading.
 			perTick: []uint64{10 * mib, 10 * mib, 1000, 1000, 1000, 1000, 1000, 1000},
-			want:    []int{5},
+			want:    []int{3},
 		},
 		"allocation in the quiet period starts it again": {
-			perTick: []uint64{10 * mib, 1000, 1000, 2 * mib, 1000, 1000, 1000, 1000},
-			want:    []int{7},
+			perTick: []uint64{10 * mib, 1000, 2 * mib, 1000, 1000, 1000, 1000},
+			want:    []int{4},
 		},
 		"small allocations add up to a burst": {
 			// 400 KiB each half second is below the idle rate; 8 MiB is passed at the 21st.
@@ -29,8 +30,8 @@ func TestTrimsOnceAfterEachBurst(t *testing.T) {
 			want:    []int{20},
 		},
 		"two bursts, two trims": {
-			perTick: []uint64{9 * mib, 1000, 1000, 1000, 1000, 9 * mib, 1000, 1000, 1000, 1000},
-			want:    []int{4, 9},
+			perTick: []uint64{9 * mib, 1000, 1000, 1000, 9 * mib, 1000, 1000, 1000},
+			want:    []int{2, 6},
 		},
 		"a burst below the threshold is left to the collector": {
 			perTick: []uint64{4 * mib, 1000, 1000, 1000, 1000, 1000, 1000},

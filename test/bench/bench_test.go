@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,19 +63,7 @@ func TestBench(t *testing.T) {
 	steady := envDuration("CAPSTAN_BENCH_STEADY", 60*time.Second)
 
 	ctx := context.Background()
-	c, err := harness.StartCluster(ctx, harness.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Stop() }()
-	if err := harness.InstallCapstan(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	scheme, _ := controllers.NewTestScheme()
-	k8s, err := client.New(c.RESTConfig, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, k8s := startCluster(ctx, t)
 
 	profileDir := os.Getenv("CAPSTAN_BENCH_PROFILE_DIR")
 	var results []run
@@ -145,7 +134,7 @@ func TestBench(t *testing.T) {
 		}
 
 		if err := uninstall(ctx, k8s, c, removeCRDs); err != nil {
-			t.Fatalf("run %d: %v\n%s", i+1, err, op.LogTail(8000))
+			t.Fatalf("run %d: %v\n%s", i+1, err, diagnose(c, op))
 		}
 		if err := op.Stop(); err != nil {
 			t.Fatal(err)
@@ -335,21 +324,71 @@ func freeLoopbackAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// saveHeapProfile saves the operator's heap profile as dir/name; nothing when addr is "".
+// saveHeapProfile saves the operator's heap profile as dir/name, and beside it the text
+// form, which ends with the runtime's memory statistics; nothing when addr is "".
 func saveHeapProfile(t *testing.T, addr, dir, name string) {
 	if addr == "" {
 		return
 	}
-	resp, err := http.Get("http://" + addr + "/debug/pprof/heap")
+	for _, q := range []string{"", "?debug=1"} {
+		resp, err := http.Get("http://" + addr + "/debug/pprof/heap" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("heap profile: %v (HTTP %d)", err, resp.StatusCode)
+		}
+		file := name
+		if q != "" {
+			file = strings.TrimSuffix(name, ".pb.gz") + ".txt"
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// startCluster starts a local cluster, stopped when the test ends, installs Capstan's CRD
+// and RBAC, and returns it with a client.
+func startCluster(ctx context.Context, t *testing.T) (*harness.Cluster, client.Client) {
+	c, err := harness.StartCluster(ctx, harness.ClusterOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("heap profile: %v (HTTP %d)", err, resp.StatusCode)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+	t.Cleanup(func() { _ = c.Stop() })
+	if err := harness.InstallCapstan(ctx, c); err != nil {
 		t.Fatal(err)
 	}
+	scheme, err := controllers.NewTestScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k8s, err := client.New(c.RESTConfig, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, k8s
+}
+
+// diagnose asks a stuck operator for its goroutines' stacks (SIGQUIT makes a Go program
+// print them and exit), copies its whole log and the apiserver's audit log and log to the
+// temporary directory, where they outlive the cluster, and says where they are.
+func diagnose(c *harness.Cluster, op *harness.Operator) string {
+	_ = op.Cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-op.Done():
+	case <-time.After(5 * time.Second):
+	}
+	dir, err := os.MkdirTemp("", "capstan-bench-failure-")
+	if err != nil {
+		return err.Error()
+	}
+	for src, name := range map[string]string{op.LogPath: "operator.log", c.AuditLogPath: "audit.log", c.LogPath("kube-apiserver"): "kube-apiserver.log"} {
+		if b, err := os.ReadFile(src); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, name), b, 0o644)
+		}
+	}
+	return "the operator's log (with its goroutines' stacks) and the apiserver's logs are in " + dir
 }

@@ -44,19 +44,7 @@ const (
 func TestBenchCA(t *testing.T) {
 	runs := envInt("CAPSTAN_BENCH_RUNS", 5)
 	ctx := context.Background()
-	c, err := harness.StartCluster(ctx, harness.ClusterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Stop() }()
-	if err := harness.InstallCapstan(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	scheme, _ := controllers.NewTestScheme()
-	k8s, err := client.New(c.RESTConfig, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, k8s := startCluster(ctx, t)
 	op, err := harness.StartOperator(ctx, c, harness.OperatorOptions{Args: []string{"--ca-propagation=" + benchPropagation.String()}})
 	if err != nil {
 		t.Fatal(err)
