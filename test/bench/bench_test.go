@@ -34,14 +34,14 @@ const settle = 3 * time.Second
 
 // run is what one install measured.
 type run struct {
-	applied, ready          time.Duration
-	createLatency           time.Duration // the create request itself, client to stored
-	install, steady         Counts
+	applied, ready  time.Duration
+	createLatency   time.Duration // the create request itself, client to stored
+	install, steady Counts
 	// RSS in KiB: the moment Ready is seen, once the install has settled (the
 	// install's own writes echoed back), and after the steady state.
 	rssReady, rssInstalled, rssIdle    int64
 	anonReady, anonInstalled, anonIdle int64 // KiB of RSS that is not the binary's mapped pages
-	cpu                     time.Duration
+	cpu                                time.Duration
 }
 
 // TestBench installs the sample control plane on a fresh operator several times and reports
