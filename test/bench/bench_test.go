@@ -51,8 +51,8 @@ type run struct {
 // removes the CRDs too (spec.uninstall.removeCRDs), so each one is a complete install.
 //
 // CAPSTAN_BENCH_RUNS (default 5) and CAPSTAN_BENCH_STEADY (default 60s) tune it.
-// CAPSTAN_BENCH_PROFILE_DIR=DIR saves the operator's heap profile, installed and idle, of
-// each run there (go tool pprof reads them); fetching it costs the operator memory of its
+// CAPSTAN_BENCH_PROFILE_DIR=DIR saves the operator's heap profile and memory map,
+// installed and idle, of each run there (go tool pprof reads the profiles); fetching it costs the operator memory of its
 // own, so the figures of such a run are not the ones to report.
 // CAPSTAN_BENCH_KEEP_CRDS=1 keeps Istio's CRDs between runs instead, to measure an install
 // onto a cluster that has them (every run but the first). CAPSTAN_BENCH_TIMELINE=1 logs each
@@ -99,9 +99,11 @@ func TestBench(t *testing.T) {
 		time.Sleep(settle)
 		r.rssInstalled, r.anonInstalled = rssKiB(op.PID())
 		saveHeapProfile(t, pprofAddr, profileDir, fmt.Sprintf("heap-run%d-installed.pb.gz", i+1))
+		saveSmaps(t, op.PID(), profileDir, fmt.Sprintf("smaps-run%d-installed.txt", i+1))
 		time.Sleep(steady) // the quiet period being measured; nothing else happens in it
 		r.rssIdle, r.anonIdle = rssKiB(op.PID())
 		saveHeapProfile(t, pprofAddr, profileDir, fmt.Sprintf("heap-run%d-idle.pb.gz", i+1))
+		saveSmaps(t, op.PID(), profileDir, fmt.Sprintf("smaps-run%d-idle.txt", i+1))
 		r.cpu = cpuTime(op.PID())
 
 		all, err := readAuditFile(c.AuditLogPath, "")
@@ -370,6 +372,21 @@ func startCluster(ctx context.Context, t *testing.T) (*harness.Cluster, client.C
 		t.Fatal(err)
 	}
 	return c, k8s
+}
+
+// saveSmaps saves the operator's memory map with what is resident of each mapping
+// (/proc/PID/smaps) as dir/name; nothing when dir is "".
+func saveSmaps(t *testing.T, pid int, dir, name string) {
+	if dir == "" {
+		return
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // diagnose asks a stuck operator for its goroutines' stacks (SIGQUIT makes a Go program
