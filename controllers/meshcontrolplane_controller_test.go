@@ -259,6 +259,24 @@ var _ = Describe("MeshControlPlane lifecycle", Ordered, func() {
 		}).Should(Succeed())
 	})
 
+	// CRDs are cached as metadata only, so an edit of a CRD's spec shows only as a new
+	// generation, compared with the generation the apiserver answered Capstan's apply with
+	// (an answer Capstan asks for as metadata only).
+	It("reverts an edit of a CRD's spec that leaves its labels and annotations alone", func() {
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		key := client.ObjectKey{Name: "wasmplugins.extensions.istio.io"}
+		Expect(k8sClient.Get(ctx, key, crd)).To(Succeed())
+		Expect(crd.Spec.Names.Categories).To(Equal([]string{"istio-io", "extensions-istio-io"}))
+		generation := crd.Generation
+		crd.Spec.Names.Categories = []string{"istio-io"}
+		Expect(k8sClient.Update(ctx, crd)).To(Succeed())
+		Eventually(func(g Gomega) []string {
+			g.Expect(k8sClient.Get(ctx, key, crd)).To(Succeed())
+			g.Expect(crd.Generation).To(BeNumerically(">", generation+1), "the edit and the repair are both new generations")
+			return crd.Spec.Names.Categories
+		}).Should(Equal([]string{"istio-io", "extensions-istio-io"}))
+	})
+
 	It("applies a replica change and prunes the autoscaler it no longer renders", func() {
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, &autoscalingv2.HorizontalPodAutoscaler{})).To(Succeed())
 		// An object without Capstan's labels in the same namespace must survive pruning.
