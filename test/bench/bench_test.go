@@ -207,9 +207,12 @@ func uninstall(ctx context.Context, k8s client.Client, c *harness.Cluster, crdsT
 	}
 	waiting := ""
 	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		if err := k8s.Get(ctx, client.ObjectKeyFromObject(m), m); !apierrors.IsNotFound(err) {
-			waiting = fmt.Sprintf("the MeshControlPlane (%v): finalizers %v, conditions %+v", err, m.Finalizers, m.Status.Conditions)
+		switch err := k8s.Get(ctx, client.ObjectKeyFromObject(m), m); {
+		case err == nil:
+			waiting = fmt.Sprintf("the MeshControlPlane: finalizers %v, conditions %+v", m.Finalizers, m.Status.Conditions)
 			return false, nil
+		case !apierrors.IsNotFound(err):
+			return false, nil // a failed read (the deadline, say) says nothing of what is left
 		}
 		// Capstan deletes the control-plane namespace only when it created it; config/ ships
 		// istio-system (for the CA's Role), and then Capstan's objects in it go instead.
