@@ -18,7 +18,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"helm.sh/helm/v4/pkg/chart/common"
-	"helm.sh/helm/v4/pkg/chart/common/util"
 	"helm.sh/helm/v4/pkg/chart/loader/archive"
 	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
@@ -175,7 +174,7 @@ func (c Component) values(all map[string]any) map[string]any {
 
 func renderChart(ch *chartv2.Chart, c Component, in Input, caps *common.Capabilities) ([]Object, error) {
 	opts := common.ReleaseOptions{Name: c.Name, Namespace: in.Namespace, Revision: 1, IsInstall: true}
-	vals, err := util.ToRenderValues(ch, copyValues(in.Values), opts, caps)
+	vals, err := renderValues(ch, copyValues(in.Values), opts, caps)
 	if err != nil {
 		return nil, fmt.Errorf("chart %s: values: %w", c.Name, err)
 	}
