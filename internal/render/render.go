@@ -275,28 +275,25 @@ type renderMemo struct {
 }
 
 // memoEntry is one render: its objects' JSON, one after another, compressed; ends[i] is
-// where object i's JSON ends in the inflated text.
+// where object i's JSON ends in the inflated text. The objects' component is the chart's
+// name the entry is kept under.
 type memoEntry struct {
-	key       string
-	component string
-	deflated  []byte
-	ends      []int
+	key      string
+	deflated []byte
+	ends     []int
 }
 
 func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 	m.mu.Lock()
-	var found *memoEntry
-	for i, e := range m.charts[chart] {
-		if e.key == key {
-			found = &m.charts[chart][i]
+	var e memoEntry
+	found := false
+	for _, x := range m.charts[chart] {
+		if x.key == key {
+			e, found = x, true
 		}
 	}
-	var e memoEntry
-	if found != nil {
-		e = *found
-	}
 	m.mu.Unlock()
-	if found == nil {
+	if !found {
 		return nil, false
 	}
 	text, err := io.ReadAll(flate.NewReader(bytes.NewReader(e.deflated)))
@@ -310,22 +307,21 @@ func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 		if err := u.UnmarshalJSON(text[start:end]); err != nil {
 			return nil, false
 		}
-		out[i] = Object{Component: e.component, Unstructured: u}
+		out[i] = Object{Component: chart, Unstructured: u}
 		start = end
 	}
 	return out, true
 }
 
+// put remembers one chart's render; objs are that chart's, so their component is chart.
 func (m *renderMemo) put(chart, key string, objs []Object) {
 	var text bytes.Buffer
 	ends := make([]int, len(objs))
-	component := ""
 	for i, o := range objs {
 		b, err := o.MarshalJSON()
-		if err != nil || (i > 0 && o.Component != component) {
+		if err != nil {
 			return
 		}
-		component = o.Component
 		text.Write(b)
 		ends[i] = text.Len()
 	}
@@ -348,7 +344,7 @@ func (m *renderMemo) put(chart, key string, objs []Object) {
 	if len(entries) == memoSize {
 		entries = slices.Delete(entries, 0, 1)
 	}
-	m.charts[chart] = append(entries, memoEntry{key: key, component: component, deflated: slices.Clip(deflated.Bytes()), ends: ends})
+	m.charts[chart] = append(entries, memoEntry{key: key, deflated: slices.Clip(deflated.Bytes()), ends: ends})
 }
 
 // Warm loads the embedded charts and renders them with the values of an empty spec, which
@@ -379,8 +375,10 @@ type docCache struct {
 // document. With reuse, the JSON of a document seen before comes from parsed.
 func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 	var js []byte
+	var key [sha256.Size]byte
 	if reuse {
-		js = parsed.get(doc)
+		key = sha256.Sum256(doc)
+		js = parsed.get(key)
 	}
 	if js == nil {
 		var err error
@@ -388,7 +386,7 @@ func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 			return nil, err
 		}
 		if reuse {
-			parsed.put(doc, js)
+			parsed.put(key, js)
 		}
 	}
 	if string(js) == "null" || string(js) == "{}" {
@@ -399,15 +397,14 @@ func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 	return u, u.UnmarshalJSON(js)
 }
 
-func (c *docCache) get(doc []byte) []byte {
-	key := sha256.Sum256(doc)
+// get is the JSON of the document whose YAML has the SHA-256 key; nil if not kept.
+func (c *docCache) get(key [sha256.Size]byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.docs[key]
 }
 
-func (c *docCache) put(doc, js []byte) {
-	key := sha256.Sum256(doc)
+func (c *docCache) put(key [sha256.Size]byte, js []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.docs == nil || len(c.docs) >= docCacheSize {

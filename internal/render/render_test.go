@@ -177,17 +177,23 @@ func TestValueKeysCoverWhatTheChartReads(t *testing.T) {
 	}
 }
 
-// TestRestrictedValuesRenderTheSame compares a restricted chart's render from its value
-// keys alone with its render from every value, for specs that touch many settings.
-func TestRestrictedValuesRenderTheSame(t *testing.T) {
+// variedSpecs are specs that touch many settings of both charts, for tests that compare two
+// ways of rendering them.
+func variedSpecs() map[string]meshv1.MeshControlPlaneSpec {
 	replicas := int32(3)
-	specs := map[string]meshv1.MeshControlPlaneSpec{
+	return map[string]meshv1.MeshControlPlaneSpec{
 		"defaults":       {},
 		"demo profile":   {Profile: "demo"},
 		"openshift":      {Profile: "openshift", Namespace: "mesh"},
 		"istiod changes": {Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: &replicas}}, MeshConfig: &meshv1.MeshConfigSpec{TrustDomain: "corp.example"}},
-		"raw values":     {Values: &apiextensionsv1.JSON{Raw: []byte(`{"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"defaultRevision":"canary","global":{"istioNamespace":"mesh"}}`)}},
 	}
+}
+
+// TestRestrictedValuesRenderTheSame compares a restricted chart's render from its value
+// keys alone with its render from every value, for specs that touch many settings.
+func TestRestrictedValuesRenderTheSame(t *testing.T) {
+	specs := variedSpecs()
+	specs["raw values"] = meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(`{"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"defaultRevision":"canary","global":{"istioNamespace":"mesh"}}`)}}
 	caps := common.DefaultCapabilities.Copy()
 	for name, spec := range specs {
 		t.Run(name, func(t *testing.T) {

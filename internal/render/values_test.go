@@ -54,15 +54,9 @@ func TestUnderDefaults(t *testing.T) {
 // ToRenderValues gives them, for each installed chart and specs that set, override and
 // null out values at several depths.
 func TestRenderValuesMatchHelm(t *testing.T) {
-	replicas := int32(3)
-	specs := map[string]meshv1.MeshControlPlaneSpec{
-		"defaults":       {},
-		"demo profile":   {Profile: "demo"},
-		"openshift":      {Profile: "openshift", Namespace: "mesh"},
-		"istiod changes": {Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: &replicas}}, MeshConfig: &meshv1.MeshConfigSpec{TrustDomain: "corp.example"}},
-		"raw values with nulls": {Values: &apiextensionsv1.JSON{Raw: []byte(
-			`{"pilot":{"nodeSelector":null,"podAnnotations":{"a":"b"}},"global":{"proxy":{"resources":null},"logging":null},"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"telemetry":null}`)}},
-	}
+	specs := variedSpecs()
+	specs["raw values with nulls"] = meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(
+		`{"pilot":{"nodeSelector":null,"podAnnotations":{"a":"b"}},"global":{"proxy":{"resources":null},"logging":null},"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"telemetry":null}`)}}
 	caps := common.DefaultCapabilities.Copy()
 	opts := common.ReleaseOptions{Name: "r", Namespace: "istio-system", Revision: 1, IsInstall: true}
 	for name, spec := range specs {
