@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/capstan-mesh/capstan/controllers"
+	"github.com/capstan-mesh/capstan/internal/memprofile"
 	"github.com/capstan-mesh/capstan/internal/metricsauth"
 	"github.com/capstan-mesh/capstan/internal/render"
 	"github.com/capstan-mesh/capstan/internal/trim"
@@ -71,6 +72,9 @@ func run() error {
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	if pprofAddr != "" && pprofAddr != "0" {
+		memprofile.Enable() // someone can read the heap profile: sample again
+	}
 
 	scheme, err := controllers.NewScheme()
 	if err != nil {
