@@ -42,11 +42,7 @@ func TestControllers(t *testing.T) {
 
 var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
-	testEnv = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		BinaryAssetsDirectory: filepath.Join("..", "bin"),
-	}
+	testEnv = newTestEnv()
 	var err error
 	cfg, err = testEnv.Start()
 	Expect(err).NotTo(HaveOccurred())
@@ -89,6 +85,25 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyTimeout(30 * time.Second)
 	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
 })
+
+// newTestEnv is an envtest control plane for this package's tests, set up for the
+// loopback-only network namespace `make test-integration` runs them in (DESIGN.md): with no
+// default route the apiserver advertises 127.0.0.1, and Services get loopback ClusterIPs,
+// so a webhook call to one of the Services Istio's charts render cannot leave the machine.
+// webhooks are webhook manifests for envtest to install and serve.
+func newTestEnv(webhooks ...string) *envtest.Environment {
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: filepath.Join("..", "bin"),
+		WebhookInstallOptions: envtest.WebhookInstallOptions{Paths: webhooks},
+	}
+	env.ControlPlane.GetAPIServer().Configure().
+		Set("advertise-address", "127.0.0.1").
+		Set("endpoint-reconciler-type", "none"). // the default one refuses a loopback address
+		Set("service-cluster-ip-range", "127.16.0.0/16")
+	return env
+}
 
 var _ = AfterSuite(func() {
 	if cancel != nil {

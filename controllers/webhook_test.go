@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -28,12 +27,7 @@ import (
 // kube-apiserver (envtest) call it, through the webhook configuration `make manifests`
 // generates (envtest points it at the local server and gives both ends a CA).
 func TestWebhookAgainstAPIServer(t *testing.T) {
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		BinaryAssetsDirectory: filepath.Join("..", "bin"),
-		WebhookInstallOptions: envtest.WebhookInstallOptions{Paths: []string{filepath.Join("..", "config", "webhook", "manifests.yaml")}},
-	}
+	env := newTestEnv(filepath.Join("..", "config", "webhook", "manifests.yaml"))
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatal(err)
