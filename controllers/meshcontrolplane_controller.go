@@ -5,6 +5,7 @@ package controllers
 import (
 	"context"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -21,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
@@ -62,11 +64,14 @@ type MeshControlPlaneReconciler struct {
 	// crdGenerations remembers the generation of each CRD as Capstan last applied it.
 	// CRDs are cached as metadata only, so an edit to one shows as a new generation.
 	crdGenerations sync.Map
+	// watches says which managed kinds are watched, and starts the optional ones.
+	watches *kindWatches
 }
 
 // SetupWithManager registers the reconciler. Every kind Capstan renders is watched, as
 // Capstan's objects only (the cache is filtered by the managed-by label), so a change to
-// any of them reconciles the one MeshControlPlane; there is no periodic re-apply.
+// any of them reconciles the one MeshControlPlane; there is no periodic re-apply. Optional
+// kinds are watched from the moment Capstan has objects of them (see kindWatches).
 func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshcontrolplane").
@@ -74,21 +79,53 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	toSingleton := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}}}
 	})
-	owned := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+	owned := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return apply.Owned(o.GetLabels())
-	}))
+	})
 	// The CA controller's cacerts Secret gates istiod's first start (see awaitCA).
-	b = b.Watches(&corev1.Secret{}, toSingleton, owned)
+	b = b.Watches(&corev1.Secret{}, toSingleton, builder.WithPredicates(owned))
 	for _, k := range render.Kinds {
-		if metadataOnly(k) {
-			b = b.WatchesMetadata(metadataOf(k.GroupVersionKind), toSingleton, owned)
+		if k.Optional() {
 			continue
 		}
-		u := &unstructured.Unstructured{}
-		u.SetGroupVersionKind(k.GroupVersionKind)
-		b = b.Watches(u, toSingleton, owned)
+		if metadataOnly(k) {
+			b = b.WatchesMetadata(metadataOf(k.GroupVersionKind), toSingleton, builder.WithPredicates(owned))
+			continue
+		}
+		b = b.Watches(watchedObject(k), toSingleton, builder.WithPredicates(owned))
 	}
-	return b.Complete(r)
+	c, err := b.Build(r)
+	if err != nil {
+		return err
+	}
+	r.watches = newKindWatches(r.APIReader, func(ctx context.Context, k render.Kind) error {
+		src := source.Kind[client.Object](mgr.GetCache(), watchedObject(k), toSingleton, owned)
+		if err := c.Watch(src); err != nil {
+			return err
+		}
+		// A cache that cannot sync (the operator may not list the kind) fails this
+		// reconcile, which is retried with backoff; the retry registers the watch again.
+		sctx, cancel := context.WithTimeout(ctx, watchSyncTimeout)
+		defer cancel()
+		if err := src.WaitForSync(sctx); err != nil {
+			return err
+		}
+		return ctx.Err() // WaitForSync reports a cancelled context (the operator stopping) as synced
+	})
+	return nil
+}
+
+// watchSyncTimeout bounds how long a reconcile waits for a newly watched kind's cache.
+const watchSyncTimeout = time.Minute
+
+// watchedObject is the empty object of a kind that Capstan's cache holds it as.
+func watchedObject(k render.Kind) client.Object {
+	if metadataOnly(k) {
+		return metadataOf(k.GroupVersionKind)
+	}
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(k.GroupVersionKind)
+	return u
 }
 
 // Reconcile runs the phases of the MeshControlPlane's life and writes its status once, at
@@ -129,6 +166,7 @@ func (r *MeshControlPlaneReconciler) reconcileNormal() []phaseFunc {
 	return []phaseFunc{
 		r.ensureFinalizer,
 		r.plan,
+		r.watchKinds,
 		r.ensureNamespace,
 		r.awaitCA,
 		r.applyObjects,

@@ -8,10 +8,13 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -21,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/controllers"
 	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/render"
 )
@@ -277,7 +281,7 @@ var _ = Describe("MeshControlPlane lifecycle", Ordered, func() {
 		}).Should(Equal([]string{"istio-io", "extensions-istio-io"}))
 	})
 
-	It("applies a replica change and prunes the autoscaler it no longer renders", func() {
+	It("applies a replica change, prunes the autoscaler it no longer renders, and watches the disruption budget it now does", func() {
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, &autoscalingv2.HorizontalPodAutoscaler{})).To(Succeed())
 		// An object without Capstan's labels in the same namespace must survive pruning.
 		foreign := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "users-own"}}
@@ -308,6 +312,18 @@ var _ = Describe("MeshControlPlane lifecycle", Ordered, func() {
 		Eventually(condition(meshv1.ConditionReady)).Should(HaveField("Reason", meshv1.ReasonComponentsNotReady))
 		markAvailable(ns)
 		Eventually(condition(meshv1.ConditionReady)).Should(HaveField("Status", metav1.ConditionTrue))
+		// Two replicas render a disruption budget, a kind that was not watched before: its
+		// watch starts with it, so deleting it, once all is quiet, is drift that is repaired.
+		pdb := &policyv1.PodDisruptionBudget{}
+		Eventually(func() error {
+			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, pdb)
+		}).Should(Succeed())
+		Expect(k8sClient.Delete(ctx, pdb)).To(Succeed())
+		Eventually(func(g Gomega) {
+			restored := &policyv1.PodDisruptionBudget{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, restored)).To(Succeed())
+			g.Expect(restored.UID).NotTo(Equal(pdb.UID))
+		}).Should(Succeed())
 	})
 
 	It("reports an unsupported version as Degraded and leaves what runs untouched", func() {
@@ -406,5 +422,58 @@ var _ = Describe("a control plane in a namespace the user created", Ordered, fun
 		for _, c := range crds.Items {
 			Expect(strings.HasSuffix(c.GetName(), ".istio.io") && c.GetDeletionTimestamp() == nil).To(BeFalse(), "CRD %s was kept", c.GetName())
 		}
+	})
+})
+
+var _ = Describe("watches of optional kinds", func() {
+	It("watches, after a restart, each optional kind of which Capstan already owns objects, and no other", func() {
+		// What an earlier run of the operator left: a NetworkPolicy Capstan owns. No other
+		// test makes NetworkPolicies or validating admission policies.
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "optional-kinds"}}
+		Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "istiod",
+			Labels: map[string]string{apply.ManagedByLabel: apply.ManagedByValue}}}
+		Expect(k8sClient.Create(ctx, np)).To(Succeed())
+		DeferCleanup(func() { Expect(k8sClient.Delete(ctx, np)).To(Succeed()) })
+		// And one that is not Capstan's, which must not make its kind watched.
+		vap := &admissionregistrationv1.ValidatingAdmissionPolicy{ObjectMeta: metav1.ObjectMeta{Name: "users-own"},
+			Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+				MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+					RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+						Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+						Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"configmaps"}},
+					},
+				}}},
+				Validations: []admissionregistrationv1.Validation{{Expression: "true"}},
+			}}
+		Expect(k8sClient.Create(ctx, vap)).To(Succeed())
+		DeferCleanup(func() { Expect(k8sClient.Delete(ctx, vap)).To(Succeed()) })
+
+		var started []string
+		w := controllers.NewKindWatches(k8sClient, func(_ context.Context, k render.Kind) error {
+			started = append(started, k.Kind)
+			return nil
+		})
+		watched := func() []string {
+			var out []string
+			for _, k := range w.Kinds() {
+				out = append(out, k.Kind)
+			}
+			return out
+		}
+		Expect(watched()).To(ContainElements("Deployment", "ConfigMap", "CustomResourceDefinition"))
+		Expect(watched()).NotTo(ContainElement("NetworkPolicy"))
+		Expect(watched()).NotTo(ContainElement("ValidatingAdmissionPolicy"))
+
+		Expect(w.CheckCluster(ctx)).To(Succeed())
+		Expect(started).To(ContainElement("NetworkPolicy"))
+		Expect(started).NotTo(ContainElement("ValidatingAdmissionPolicy"))
+		Expect(started).NotTo(ContainElement("ValidatingAdmissionPolicyBinding"))
+		Expect(watched()).To(ContainElement("NetworkPolicy"))
+
+		// The cluster is looked at once per process.
+		n := len(started)
+		Expect(w.CheckCluster(ctx)).To(Succeed())
+		Expect(started).To(HaveLen(n))
 	})
 })

@@ -106,6 +106,13 @@ func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Res
 	return ctrl.Result{}, nil
 }
 
+// watchKinds starts watching the optional kinds the render contains and Capstan does not
+// watch yet, before any object of theirs is read or written: drift in them must reach
+// the controller, and prune must find them in the cache.
+func (r *MeshControlPlaneReconciler) watchKinds(ctx context.Context, s *scope) (ctrl.Result, error) {
+	return ctrl.Result{}, r.watches.ensure(ctx, s.desired)
+}
+
 // ensureNamespace creates the control-plane namespace when it is missing. A namespace the
 // user made stays the user's: Capstan neither labels nor ever deletes it.
 func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *scope) (ctrl.Result, error) {
@@ -484,11 +491,16 @@ func (r *MeshControlPlaneReconciler) releaseFinalizer(ctx context.Context, s *sc
 }
 
 // listOwned lists, from the cache, every object carrying Capstan's inventory labels that is
-// not already being deleted.
+// not already being deleted. Capstan owns objects only of the kinds it watches; the first
+// call of a process also looks in the cluster for objects of optional kinds it does not
+// watch yet (see kindWatches).
 func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Ref, error) {
+	if err := r.watches.checkCluster(ctx); err != nil {
+		return nil, err
+	}
 	sel := client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}
 	var refs []apply.Ref
-	for _, k := range render.Kinds {
+	for _, k := range r.watches.kinds() {
 		if metadataOnly(k) {
 			l := &metav1.PartialObjectMetadataList{}
 			l.SetGroupVersionKind(k.GroupVersion().WithKind(k.Kind + "List"))
