@@ -455,3 +455,41 @@ func installCertManagerCRD() {
 		g.Expect(established).To(BeTrue())
 	}).Should(Succeed())
 }
+
+var _ = Describe("the mesh CA of a MeshControlPlane deleted and made again", Ordered, func() {
+	const ns = "ca-again"
+	AfterAll(deleteMCPAndWait)
+
+	It("waits for the deleted one's CA Secrets to be collected, then issues a new CA, and istiod waits with it", func() {
+		// The user's namespace, which Capstan never deletes: a namespace Capstan created
+		// would stay Terminating in envtest, which runs no namespace controller.
+		Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+		Expect(k8sClient.Create(ctx, mcp(ns))).To(Succeed())
+		Eventually(condition(meshv1.ConditionCAReady)).Should(HaveField("Status", metav1.ConditionTrue))
+		Eventually(ownedRefs).Should(ContainElement("Deployment " + ns + "/istiod"))
+		old := secret(ns, controllers.CACertsSecret)(Default)
+		oldState := secret(ns, controllers.CAStateSecret)(Default)
+		deleteMCPAndWait()
+
+		// envtest runs no garbage collector: the Secrets the deleted MeshControlPlane owned
+		// stay until the test removes them, as kube-controller-manager would.
+		Expect(k8sClient.Create(ctx, mcp(ns))).To(Succeed())
+		Eventually(condition(meshv1.ConditionCAReady)).Should(And(
+			HaveField("Status", metav1.ConditionFalse),
+			HaveField("Reason", meshv1.ReasonCAWaiting),
+			HaveField("Message", ContainSubstring("garbage-collected"))))
+		Consistently(func(g Gomega) {
+			g.Expect(secret(ns, controllers.CACertsSecret)(g).ResourceVersion).To(Equal(old.ResourceVersion))
+			g.Expect(ownedRefs()).NotTo(ContainElement("Deployment " + ns + "/istiod"))
+		}).WithTimeout(2 * time.Second).Should(Succeed())
+
+		Expect(k8sClient.Delete(ctx, old)).To(Succeed())
+		Expect(k8sClient.Delete(ctx, oldState)).To(Succeed())
+		Eventually(condition(meshv1.ConditionCAReady)).Should(HaveField("Status", metav1.ConditionTrue))
+		fresh := secret(ns, controllers.CACertsSecret)(Default)
+		Expect(fresh.UID).NotTo(Equal(old.UID))
+		Expect(fresh.Data["root-cert.pem"]).NotTo(Equal(old.Data["root-cert.pem"]))
+		Expect(metav1.GetControllerOf(fresh).UID).To(Equal(getMCP().UID))
+		Eventually(ownedRefs).Should(ContainElement("Deployment " + ns + "/istiod"))
+	})
+})

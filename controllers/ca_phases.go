@@ -148,6 +148,9 @@ func (r *CAReconciler) loadState(ctx context.Context, s *caScope) (ctrl.Result, 
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if leftover(sec, s.mcp) {
+		return s.awaitGarbageCollection(sec), nil
+	}
 	st, err := ca.DecodeState(sec.Data, sec.Annotations[ca.StateAnnotation])
 	if err != nil {
 		s.fail(meshv1.ReasonCAInvalid, fmt.Errorf("secret %s/%s, where Capstan keeps the CA's state, is damaged (%v); istiod keeps signing with the cacerts it has. Restore the Secret from a backup, or delete it to issue a new CA, which breaks trust with workloads until they restart", s.ns, CAStateSecret, err))
@@ -307,12 +310,35 @@ func certificateFor(s *caScope) (*unstructured.Unstructured, error) {
 	return u, nil
 }
 
+// leftover says whether a CA Secret belongs to an earlier MeshControlPlane, deleted since:
+// the garbage collector removes it, as it removes everything that MeshControlPlane owned.
+// Capstan neither signs with it nor adopts it, for that CA went with its control plane;
+// a new one is issued once it is gone. Were it used, the collector would delete it under
+// the new control plane, and istiod, started on it, would have to switch roots.
+func leftover(sec *corev1.Secret, mcp *meshv1.MeshControlPlane) bool {
+	if !sec.DeletionTimestamp.IsZero() {
+		return true
+	}
+	ref := metav1.GetControllerOf(sec)
+	return ref != nil && ref.UID != mcp.UID
+}
+
+// awaitGarbageCollection stops the CA until a leftover Secret is gone. Its deletion is a
+// watch event; the requeue is only a backstop.
+func (s *caScope) awaitGarbageCollection(sec *corev1.Secret) ctrl.Result {
+	s.fail(meshv1.ReasonCAWaiting, fmt.Errorf("secret %s/%s belongs to a MeshControlPlane deleted before this one and is being garbage-collected; a new CA is issued once it is gone (if it stays, check that the kube-controller-manager's garbage collector runs)", sec.Namespace, sec.Name))
+	return ctrl.Result{RequeueAfter: 5 * time.Second}
+}
+
 // checkCACerts reads istiod's cacerts Secret and refuses to take over one Capstan did not
 // create: istiod may be signing with it.
 func (r *CAReconciler) checkCACerts(ctx context.Context, s *caScope) (ctrl.Result, error) {
 	sec := &corev1.Secret{}
 	err := r.Get(ctx, client.ObjectKey{Namespace: s.ns, Name: CACertsSecret}, sec)
 	if err == nil {
+		if leftover(sec, s.mcp) {
+			return s.awaitGarbageCollection(sec), nil
+		}
 		s.cacerts = sec
 		return ctrl.Result{}, nil
 	}

@@ -161,11 +161,15 @@ func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctr
 	} else if !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
-	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: CACertsSecret}, &corev1.Secret{})
-	if err == nil {
+	cacerts := &corev1.Secret{}
+	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: CACertsSecret}, cacerts)
+	switch {
+	case err == nil && !leftover(cacerts, s.mcp):
 		return ctrl.Result{}, nil
-	}
-	if !apierrors.IsNotFound(err) {
+	case err == nil:
+		// The previous control plane's, going with it: the CA controller issues a new one.
+		log.FromContext(ctx).V(1).Info("cacerts is a deleted MeshControlPlane's; istiod waits for the new CA")
+	case !apierrors.IsNotFound(err):
 		// Also when the operator may not read Secrets in this namespace at all: the CA
 		// controller's CAReady condition says so and how to fix it.
 		log.FromContext(ctx).V(1).Info("cannot read cacerts; istiod waits", "error", err.Error())
