@@ -7,8 +7,6 @@ import (
 	"slices"
 	"time"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -230,15 +229,15 @@ func (r *CAReconciler) ensureCertificate(ctx context.Context, s *caScope) (bool,
 		return false, fmt.Errorf("applying Certificate %s/%s: %w", s.ns, CertManagerCertificate, err)
 	}
 	live := &unstructured.Unstructured{}
-	live.SetGroupVersionKind(cmapi.SchemeGroupVersion.WithKind("Certificate"))
+	live.SetGroupVersionKind(schema.GroupVersionKind{Group: certManagerGroup, Version: "v1", Kind: "Certificate"})
 	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: s.ns, Name: CertManagerCertificate}, live); err != nil {
 		return false, err
 	}
 	conds, _, _ := unstructured.NestedSlice(live.Object, "status", "conditions")
 	for _, c := range conds {
 		c, _ := c.(map[string]any)
-		if c["type"] == string(cmapi.CertificateConditionReady) {
-			if c["status"] == string(cmmeta.ConditionTrue) {
+		if c["type"] == "Ready" {
+			if c["status"] == string(metav1.ConditionTrue) {
 				return true, nil
 			}
 			s.fail(meshv1.ReasonCertManagerNotReady, fmt.Errorf("spec.security.ca.certManager: Certificate %s/%s is not Ready (%v: %v); check the issuer %s and cert-manager's logs. istiod keeps signing with its current CA", s.ns, CertManagerCertificate, c["reason"], c["message"], cm.IssuerRef.Name))
@@ -251,16 +250,21 @@ func (r *CAReconciler) ensureCertificate(ctx context.Context, s *caScope) (bool,
 
 // certificateFor is the cert-manager Certificate for the mesh's intermediate: a CA whose key
 // is new at every issuance, stored in a Secret cert-manager labels as Capstan's.
+//
+// It is written as the unstructured object server-side apply sends, without cert-manager's
+// Go types: those would link cert-manager's and Gateway API's types and schemes into the
+// operator for one object. A unit test checks it against cert-manager's own types, and the
+// envtest suite applies it to cert-manager's real CRD.
 func certificateFor(s *caScope) (*unstructured.Unstructured, error) {
 	cm := s.spec.CertManager
-	alg, size := cmapi.ECDSAKeyAlgorithm, 256
+	alg, size := "ECDSA", int64(256)
 	switch ca.KeyAlgorithm(s.spec.KeyAlgorithm) {
 	case ca.ECDSAP384:
 		size = 384
 	case ca.RSA3072:
-		alg, size = cmapi.RSAKeyAlgorithm, 3072
+		alg, size = "RSA", 3072
 	case ca.RSA4096:
-		alg, size = cmapi.RSAKeyAlgorithm, 4096
+		alg, size = "RSA", 4096
 	}
 	duration := cm.Duration
 	if duration == nil {
@@ -277,38 +281,43 @@ func certificateFor(s *caScope) (*unstructured.Unstructured, error) {
 	if trustDomain == "" {
 		trustDomain = ca.DefaultTrustDomain
 	}
-	labels := map[string]string{apply.ManagedByLabel: apply.ManagedByValue, apply.ComponentLabel: CAComponent}
-	c := &cmapi.Certificate{
-		TypeMeta:   metav1.TypeMeta{APIVersion: cmapi.SchemeGroupVersion.String(), Kind: "Certificate"},
-		ObjectMeta: metav1.ObjectMeta{Name: CertManagerCertificate, Namespace: s.ns, Labels: labels},
-		Spec: cmapi.CertificateSpec{
-			IsCA:           true,
-			CommonName:     ca.DefaultIntermediateCommonName,
-			Subject:        &cmapi.X509Subject{Organizations: []string{trustDomain}},
-			Duration:       duration,
-			RenewBefore:    renew,
-			SecretName:     CertManagerSecret,
-			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: labels},
-			IssuerRef:      cmmeta.IssuerReference{Name: cm.IssuerRef.Name, Kind: cm.IssuerRef.Kind, Group: cm.IssuerRef.Group},
-			PrivateKey: &cmapi.CertificatePrivateKey{
-				RotationPolicy: cmapi.RotationPolicyAlways,
-				Algorithm:      alg,
-				Size:           size,
-				Encoding:       cmapi.PKCS8,
+	labels := map[string]any{apply.ManagedByLabel: apply.ManagedByValue, apply.ComponentLabel: CAComponent}
+	issuer := map[string]any{"name": cm.IssuerRef.Name}
+	if cm.IssuerRef.Kind != "" {
+		issuer["kind"] = cm.IssuerRef.Kind
+	}
+	if cm.IssuerRef.Group != "" {
+		issuer["group"] = cm.IssuerRef.Group
+	}
+	obj := map[string]any{
+		"apiVersion": certManagerGroup + "/v1",
+		"kind":       "Certificate",
+		"metadata":   map[string]any{"name": CertManagerCertificate, "namespace": s.ns, "labels": labels},
+		"spec": map[string]any{
+			"isCA":           true,
+			"commonName":     ca.DefaultIntermediateCommonName,
+			"subject":        map[string]any{"organizations": []any{trustDomain}},
+			"duration":       duration.Duration.String(),
+			"renewBefore":    renew.Duration.String(),
+			"secretName":     CertManagerSecret,
+			"secretTemplate": map[string]any{"labels": labels},
+			"issuerRef":      issuer,
+			"privateKey": map[string]any{
+				"rotationPolicy": "Always", // a new key at every issuance
+				"algorithm":      alg,
+				"size":           size,
+				"encoding":       "PKCS8",
 			},
-			Usages: []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},
+			"usages": []any{"cert sign", "crl sign", "digital signature"},
 		},
 	}
-	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(c)
-	if err != nil {
-		return nil, err
-	}
-	delete(obj, "status")
-	unstructured.RemoveNestedField(obj, "metadata", "creationTimestamp")
 	u := &unstructured.Unstructured{Object: obj}
 	u.SetOwnerReferences([]metav1.OwnerReference{ownerRef(s.mcp)})
 	return u, nil
 }
+
+// certManagerGroup is cert-manager's API group.
+const certManagerGroup = "cert-manager.io"
 
 // leftover says whether a CA Secret belongs to an earlier MeshControlPlane, deleted since:
 // the garbage collector removes it, as it removes everything that MeshControlPlane owned.
