@@ -19,3 +19,5 @@ func NewKindWatches(reader client.Reader, start func(context.Context, render.Kin
 func (k KindWatches) CheckCluster(ctx context.Context) error { return k.w.checkCluster(ctx) }
 
 func (k KindWatches) Kinds() []render.Kind { return k.w.kinds() }
+
+func (k KindWatches) Start(ctx context.Context) error { return k.w.Start(ctx) }

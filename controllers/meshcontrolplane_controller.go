@@ -112,7 +112,7 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return ctx.Err() // WaitForSync reports a cancelled context (the operator stopping) as synced
 	})
-	return nil
+	return mgr.Add(r.watches)
 }
 
 // watchSyncTimeout bounds how long a reconcile waits for a newly watched kind's cache.

@@ -475,5 +475,16 @@ var _ = Describe("watches of optional kinds", func() {
 		n := len(started)
 		Expect(w.CheckCluster(ctx)).To(Succeed())
 		Expect(started).To(HaveLen(n))
+
+		// The operator looks as soon as it leads; the first prune then only starts watches.
+		started = nil
+		w = controllers.NewKindWatches(k8sClient, func(_ context.Context, k render.Kind) error {
+			started = append(started, k.Kind)
+			return nil
+		})
+		Expect(w.Start(ctx)).To(Succeed())
+		Expect(started).To(BeEmpty())
+		Expect(w.CheckCluster(ctx)).To(Succeed())
+		Expect(started).To(ContainElement("NetworkPolicy"))
 	})
 })

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -25,7 +27,8 @@ import (
 // Capstan owns objects only of kinds it watches. So prune and uninstall list owned objects
 // from the cache alone, and the cluster is checked once, before the first of them, for
 // objects of optional kinds that an earlier run of the operator (or an earlier leader)
-// created.
+// created. That look is taken as soon as the operator leads (Start, a leader-only
+// runnable), off the path of the first reconcile.
 type kindWatches struct {
 	// start registers the watch of a kind and returns once its cache has synced.
 	start func(ctx context.Context, k render.Kind) error
@@ -34,7 +37,9 @@ type kindWatches struct {
 
 	mu      sync.Mutex
 	watched map[schema.GroupVersionKind]bool
-	checked bool // the cluster was checked for owned objects of the kinds not watched
+	// found holds the optional kinds of which the cluster held an owned object when it was
+	// looked at; nil until then.
+	found map[schema.GroupVersionKind]bool
 }
 
 func newKindWatches(reader client.Reader, start func(context.Context, render.Kind) error) *kindWatches {
@@ -77,35 +82,77 @@ func (w *kindWatches) ensure(ctx context.Context, objs []render.Object) error {
 }
 
 // checkCluster watches, once per process, each optional kind of which the cluster already
-// holds an object Capstan owns. It asks the apiserver for at most one such object per
-// kind. A kind the cluster does not serve has no objects to find.
+// holds an object Capstan owns. The lookup itself (see find) is normally done already, by
+// Start, when the first prune or uninstall calls this.
 func (w *kindWatches) checkCluster(ctx context.Context) error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.checked {
-		return nil
-	}
-	for _, k := range render.Kinds {
-		if w.watched[k.GroupVersionKind] {
-			continue
+	checked := w.found != nil
+	w.mu.Unlock()
+	if !checked {
+		if err := w.find(ctx); err != nil {
+			return err
 		}
-		l := &metav1.PartialObjectMetadataList{}
-		l.SetGroupVersionKind(k.GroupVersion().WithKind(k.Kind + "List"))
-		err := w.reader.List(ctx, l, client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}, client.Limit(1))
-		switch {
-		case meta.IsNoMatchError(err):
-			continue
-		case err != nil:
-			return fmt.Errorf("looking for %s objects Capstan owns: %w", k.Kind, err)
-		case len(l.Items) > 0:
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, k := range render.Kinds {
+		if w.found[k.GroupVersionKind] && !w.watched[k.GroupVersionKind] {
 			if err := w.startLocked(ctx, k); err != nil {
 				return err
 			}
 		}
 	}
-	w.checked = true
 	return nil
 }
+
+// find asks the apiserver, for each optional kind not watched, for at most one object of it
+// that Capstan owns, and remembers the kinds that have one. A kind the cluster does not
+// serve has no objects to find.
+func (w *kindWatches) find(ctx context.Context) error {
+	w.mu.Lock()
+	var unwatched []render.Kind
+	for _, k := range render.Kinds {
+		if !w.watched[k.GroupVersionKind] {
+			unwatched = append(unwatched, k)
+		}
+	}
+	w.mu.Unlock()
+	found := map[schema.GroupVersionKind]bool{}
+	for _, k := range unwatched {
+		l := &metav1.PartialObjectMetadataList{}
+		l.SetGroupVersionKind(k.GroupVersion().WithKind(k.Kind + "List"))
+		err := w.reader.List(ctx, l, client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}, client.Limit(1))
+		switch {
+		case meta.IsNoMatchError(err):
+		case err != nil:
+			return fmt.Errorf("looking for %s objects Capstan owns: %w", k.Kind, err)
+		case len(l.Items) > 0:
+			found[k.GroupVersionKind] = true
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.found == nil {
+		w.found = found
+	}
+	return nil
+}
+
+// Start looks for owned objects of the optional kinds as soon as the operator leads, so
+// that the first reconcile does not wait for it. It retries until it succeeds.
+func (w *kindWatches) Start(ctx context.Context) error {
+	_ = wait.PollUntilContextCancel(ctx, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		if err := w.find(ctx); err != nil {
+			log.FromContext(ctx).Error(err, "looking for objects of optional kinds; retrying")
+			return false, nil
+		}
+		return true, nil
+	})
+	return nil
+}
+
+// NeedLeaderElection: only the leader reconciles, so only the leader looks.
+func (w *kindWatches) NeedLeaderElection() bool { return true }
 
 func (w *kindWatches) startLocked(ctx context.Context, k render.Kind) error {
 	if err := w.start(ctx, k); err != nil {
