@@ -318,6 +318,10 @@ var _ = Describe("MeshControlPlane lifecycle", Ordered, func() {
 		Eventually(func() error {
 			return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, pdb)
 		}).Should(Succeed())
+		// A new object of a spec change is an update, not a repair of drift.
+		for _, e := range events(meshv1.ReasonDriftReverted) {
+			Expect(e.Note).NotTo(ContainSubstring("PodDisruptionBudget"))
+		}
 		Expect(k8sClient.Delete(ctx, pdb)).To(Succeed())
 		Eventually(func(g Gomega) {
 			restored := &policyv1.PodDisruptionBudget{}

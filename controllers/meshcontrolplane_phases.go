@@ -188,6 +188,10 @@ func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctr
 func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
 	installed := s.mcp.Status.Version != ""
+	// An object missing while the spec is unchanged since the last reconcile was deleted:
+	// a repair. After a spec change it may simply be new (two replicas add a disruption
+	// budget), which is an update.
+	specSeen := s.before.Status.ObservedGeneration == s.mcp.Generation
 	var changed []*unstructured.Unstructured
 	repair := map[apply.Ref]bool{}
 	for _, o := range s.desired {
@@ -199,7 +203,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 			continue
 		}
 		changed = append(changed, o.Unstructured)
-		repair[apply.RefOf(o.Unstructured)] = d == apply.Modified || (d == apply.Missing && installed)
+		repair[apply.RefOf(o.Unstructured)] = d == apply.Modified || (d == apply.Missing && installed && specSeen)
 	}
 	if installed && len(changed) > 1 {
 		if o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
