@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/capstan-mesh/capstan/controllers"
+	"github.com/capstan-mesh/capstan/internal/leaselock"
 	"github.com/capstan-mesh/capstan/internal/memprofile"
 	"github.com/capstan-mesh/capstan/internal/metricsauth"
 	"github.com/capstan-mesh/capstan/internal/render"
@@ -116,9 +117,20 @@ func run() error {
 	// Hand the lease over at once on a clean stop, so an upgrade of the operator does not
 	// wait out the lease duration.
 	mopts.LeaderElectionReleaseOnCancel = true
+	var lockEvents *leaselock.Events
+	if leaderElect {
+		lock, ev, err := leaselock.New(cfg, mopts.LeaderElectionID, leaderNamespace)
+		if err != nil {
+			return fmt.Errorf("building the leader-election lock: %w", err)
+		}
+		mopts.LeaderElectionResourceLockInterface, lockEvents = lock, ev
+	}
 	mgr, err := ctrl.NewManager(cfg, mopts)
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
+	}
+	if lockEvents != nil {
+		lockEvents.Use(mgr.GetEventRecorder("capstan"))
 	}
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
