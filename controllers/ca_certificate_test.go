@@ -39,10 +39,7 @@ func TestCertificateMatchesCertManagerTypes(t *testing.T) {
 			m.Spec.Security = &meshv1.SecuritySpec{CA: spec.DeepCopy()}
 			s := newCAScope(m, time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC))
 			s.policy = (&CAReconciler{}).caPolicy(s)
-			got, err := certificateFor(s)
-			if err != nil {
-				t.Fatal(err)
-			}
+			got := certificateFor(s)
 			want := typedCertificate(t, s)
 			if !equality.Semantic.DeepEqual(got.Object, want.Object) {
 				t.Fatalf("certificateFor differs from cert-manager's types:\n got %v\nwant %v", got.Object, want.Object)

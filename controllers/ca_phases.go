@@ -216,11 +216,7 @@ func (r *CAReconciler) ensureCertificate(ctx context.Context, s *caScope) (bool,
 		s.fail(meshv1.ReasonCAInvalid, errors.New("spec.security.ca.certManager: required when type is CertManager; give the issuerRef"))
 		return false, nil
 	}
-	u, err := certificateFor(s)
-	if err != nil {
-		return false, err
-	}
-	err = r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(CAFieldManager), client.ForceOwnership)
+	err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(certificateFor(s)), client.FieldOwner(CAFieldManager), client.ForceOwnership)
 	if meta.IsNoMatchError(err) {
 		s.fail(meshv1.ReasonCertManagerMissing, errors.New("spec.security.ca.type: CertManager needs cert-manager, and its Certificate CRD (certificates.cert-manager.io) is not installed; install cert-manager or choose another CA type. istiod keeps signing with its current CA"))
 		return false, nil
@@ -255,7 +251,7 @@ func (r *CAReconciler) ensureCertificate(ctx context.Context, s *caScope) (bool,
 // Go types: those would link cert-manager's and Gateway API's types and schemes into the
 // operator for one object. A unit test checks it against cert-manager's own types, and the
 // envtest suite applies it to cert-manager's real CRD.
-func certificateFor(s *caScope) (*unstructured.Unstructured, error) {
+func certificateFor(s *caScope) *unstructured.Unstructured {
 	cm := s.spec.CertManager
 	alg, size := "ECDSA", int64(256)
 	switch ca.KeyAlgorithm(s.spec.KeyAlgorithm) {
@@ -313,7 +309,7 @@ func certificateFor(s *caScope) (*unstructured.Unstructured, error) {
 	}
 	u := &unstructured.Unstructured{Object: obj}
 	u.SetOwnerReferences([]metav1.OwnerReference{ownerRef(s.mcp)})
-	return u, nil
+	return u
 }
 
 // certManagerGroup is cert-manager's API group.
