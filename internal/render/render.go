@@ -372,7 +372,8 @@ type docCache struct {
 }
 
 // parseDoc turns one YAML document into an object the caller owns; nil for an empty
-// document. With reuse, the JSON of a document seen before comes from parsed.
+// document. The object is checked strictly against its Kubernetes type (checkFields).
+// With reuse, the JSON of a document seen and checked before comes from parsed.
 func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 	var js []byte
 	var key [sha256.Size]byte
@@ -380,13 +381,11 @@ func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 		key = sha256.Sum256(doc)
 		js = parsed.get(key)
 	}
-	if js == nil {
+	checked := js != nil
+	if !checked {
 		var err error
 		if js, err = yaml.YAMLToJSON(doc); err != nil {
 			return nil, err
-		}
-		if reuse {
-			parsed.put(key, js)
 		}
 	}
 	if string(js) == "null" || string(js) == "{}" {
@@ -394,7 +393,18 @@ func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 	}
 	// UnmarshalJSON keeps integers as int64, as the apiserver's own objects have them.
 	u := &unstructured.Unstructured{}
-	return u, u.UnmarshalJSON(js)
+	if err := u.UnmarshalJSON(js); err != nil {
+		return nil, err
+	}
+	if !checked {
+		if err := checkFields(u.GroupVersionKind(), js); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", u.GetKind(), u.GetName(), err)
+		}
+		if reuse {
+			parsed.put(key, js)
+		}
+	}
+	return u, nil
 }
 
 // get is the JSON of the document whose YAML has the SHA-256 key; nil if not kept.

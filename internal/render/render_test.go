@@ -1,6 +1,7 @@
 package render
 
 import (
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -254,5 +255,64 @@ func TestIstiodRendersDoNotEvictBase(t *testing.T) {
 	}
 	if _, ok := memo.get(Base.Name, baseKey); !ok {
 		t.Errorf("after %d renders of other istiod specs, the base chart's render is no longer remembered", memoSize+1)
+	}
+}
+
+// A setting the chart passes through into a Kubernetes object, misspelt in spec.values,
+// stops the render and names the field: the apiserver would drop it with a warning only.
+func TestRenderRefusesFieldsKubernetesDoesNotKnow(t *testing.T) {
+	spec := meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(`{"pilot":{"affinity":{"nodeAfinity":{}}}}`)}}
+	v, err := values.For(&spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Render(Input{Values: v, Namespace: "istio-system", KubeVersion: "v1.37.1"})
+	if err == nil {
+		t.Fatal("a Deployment with affinity.nodeAfinity rendered")
+	}
+	for _, want := range []string{"chart istiod", `Deployment "istiod"`, "nodeAfinity"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
+
+// Every spec of variedSpecs renders objects that decode strictly: Istio's charts as they
+// ship give Kubernetes no field it does not know, so the strict check refuses only input.
+func TestIstioChartsRenderOnlyKnownFields(t *testing.T) {
+	for name, spec := range variedSpecs() {
+		t.Run(name, func(t *testing.T) {
+			for _, o := range renderSpec(t, spec) {
+				js, err := o.MarshalJSON()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := checkFields(o.GroupVersionKind(), js); err != nil {
+					t.Errorf("%s %s: %v", o.GetKind(), o.GetName(), err)
+				}
+			}
+		})
+	}
+}
+
+// checkFields refuses what it should, for every kind Capstan manages: none escapes the
+// check for want of a Go type.
+func TestCheckFieldsCoversEveryManagedKind(t *testing.T) {
+	for _, k := range Kinds {
+		t.Run(k.Kind, func(t *testing.T) {
+			obj := fmt.Sprintf(`{"apiVersion":%q,"kind":%q,"metadata":{"name":"x"},"specz":{}}`, k.GroupVersion().String(), k.Kind)
+			err := checkFields(k.GroupVersionKind, []byte(obj))
+			if err == nil || !strings.Contains(err.Error(), `unknown field "specz"`) {
+				t.Errorf("an unknown top-level field: %v", err)
+			}
+			dup := fmt.Sprintf(`{"apiVersion":%q,"kind":%q,"metadata":{"name":"x","name":"y"}}`, k.GroupVersion().String(), k.Kind)
+			if err := checkFields(k.GroupVersionKind, []byte(dup)); err == nil || !strings.Contains(err.Error(), "duplicate field") {
+				t.Errorf("a duplicate field: %v", err)
+			}
+			ok := fmt.Sprintf(`{"apiVersion":%q,"kind":%q,"metadata":{"name":"x","labels":{"a":"b"}}}`, k.GroupVersion().String(), k.Kind)
+			if err := checkFields(k.GroupVersionKind, []byte(ok)); err != nil {
+				t.Errorf("a valid object: %v", err)
+			}
+		})
 	}
 }

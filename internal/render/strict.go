@@ -1,0 +1,58 @@
+package render
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	kjson "sigs.k8s.io/json"
+)
+
+// checkFields decodes a rendered object's JSON strictly into its Kubernetes type and
+// reports every field the type does not have, and every field given twice.
+//
+// The apiserver would otherwise only warn of such a field and drop it: a typo in
+// spec.values (pilot.affinity.nodeAfinity, say) would install without the setting and say so
+// nowhere but the operator's log. Checked here, it stops the render before anything is
+// written, with the field's path in the Degraded condition. It also lets Capstan ask the
+// apiserver to skip its own strict decoding of every apply (see apply.FieldValidation),
+// a second YAML parse of each body that costs as much as the first.
+//
+// A kind Capstan does not manage is not checked here: the render refuses it anyway.
+func checkFields(gvk schema.GroupVersionKind, js []byte) error {
+	obj, ok := typedObject(gvk)
+	if !ok {
+		return nil
+	}
+	strict, err := kjson.UnmarshalStrict(js, obj, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		return fmt.Errorf("not a valid %s: %w", gvk.Kind, err)
+	}
+	if len(strict) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(strict))
+	for i, e := range strict {
+		msgs[i] = e.Error() // `unknown field "spec.template.spec.affinity.nodeAfinity"`
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// typedObject is an empty typed object of a managed kind. client-go's scheme holds every
+// built-in kind; Istio's CRDs are the one kind from outside it.
+func typedObject(gvk schema.GroupVersionKind) (any, bool) {
+	if _, managed := Lookup(gvk); !managed {
+		return nil, false
+	}
+	if gvk == apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition") {
+		return &apiextensionsv1.CustomResourceDefinition{}, true
+	}
+	obj, err := clientgoscheme.Scheme.New(gvk)
+	if err != nil {
+		return nil, false
+	}
+	return obj, true
+}
