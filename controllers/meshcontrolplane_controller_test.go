@@ -363,6 +363,21 @@ var _ = Describe("MeshControlPlane lifecycle", Ordered, func() {
 		Expect(after.ResourceVersion).To(Equal(cm.ResourceVersion))
 		Expect(events(meshv1.ReasonRenderFailed)).NotTo(BeEmpty())
 
+		// A field Kubernetes does not know, which the apiserver would drop with a warning
+		// only, is refused before anything is written, by its path.
+		dep := &appsv1.Deployment{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, dep)).To(Succeed())
+		m = getMCP()
+		m.Spec.Values = &apiextensionsv1.JSON{Raw: []byte(`{"pilot":{"affinity":{"nodeAfinity":{}}}}`)}
+		Expect(k8sClient.Update(ctx, m)).To(Succeed())
+		Eventually(condition(meshv1.ConditionDegraded)).Should(And(
+			HaveField("Status", metav1.ConditionTrue),
+			HaveField("Reason", meshv1.ReasonRenderFailed),
+			HaveField("Message", And(ContainSubstring("spec.values"), ContainSubstring(`unknown field "spec.template.spec.affinity.nodeAfinity"`)))))
+		depAfter := &appsv1.Deployment{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(dep), depAfter)).To(Succeed())
+		Expect(depAfter.ResourceVersion).To(Equal(dep.ResourceVersion), "a refused render must write nothing")
+
 		// The charts render this, but istiod already has PILOT_TRACE_SAMPLING: the apiserver
 		// rejects the Deployment, and the dry run stops every other object too.
 		values := &corev1.ConfigMap{}
