@@ -94,13 +94,10 @@ func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Res
 		s.fail(meshv1.ReasonInvalidSpec, err, true)
 		return ctrl.Result{}, nil
 	}
-	objs, err := render.Render(render.Input{Values: vals, Namespace: s.namespace, KubeVersion: r.KubeVersion})
+	objs, err := render.Render(render.Input{Values: vals, Namespace: s.namespace, KubeVersion: r.KubeVersion, Revision: apply.DefaultRevision})
 	if err != nil {
 		s.fail(meshv1.ReasonRenderFailed, fmt.Errorf("spec.values or the typed fields give values Istio's charts reject (nothing was changed): %w", err), true)
 		return ctrl.Result{}, nil
-	}
-	for _, o := range objs {
-		apply.Stamp(o.Unstructured, o.Component, apply.DefaultRevision)
 	}
 	s.desired = objs
 	return ctrl.Result{}, nil

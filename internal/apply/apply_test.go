@@ -182,6 +182,32 @@ func TestStampIsStable(t *testing.T) {
 	}
 }
 
+// The hash is stored on every object Capstan applied; if its input changed between
+// versions of Capstan, an upgraded operator would take every object for outdated and
+// write the whole control plane again.
+func TestConfigHashIsTheOneEarlierVersionsStored(t *testing.T) {
+	tests := map[string]struct {
+		annotations map[string]string
+		want        string
+	}{
+		"no annotations":    {nil, "149b5bedfac0a23b4465f510"},
+		"other annotations": {map[string]string{"x": "y"}, "d82c05f48a5a4d8381a93f75"},
+		"a stale hash":      {map[string]string{ConfigHashAnnot: "old"}, "149b5bedfac0a23b4465f510"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			u := obj(t, deployment)
+			if tc.annotations != nil {
+				u.SetAnnotations(tc.annotations)
+			}
+			Stamp(u, "istiod", "default")
+			if got := u.GetAnnotations()[ConfigHashAnnot]; got != tc.want {
+				t.Errorf("hash = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
 func ref(kind, ns, name string) Ref {
 	g := map[string]string{"CustomResourceDefinition": "apiextensions.k8s.io", "Deployment": "apps", "MutatingWebhookConfiguration": "admissionregistration.k8s.io"}[kind]
 	return Ref{GVK: schema.GroupVersionKind{Group: g, Version: "v1", Kind: kind}, NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}

@@ -56,25 +56,25 @@ func Stamp(u *unstructured.Unstructured, component, revision string) {
 	labels[RevisionLabel] = revision
 	u.SetLabels(labels)
 
+	// The hash covers the object as it would be without its hash annotation (and without
+	// an annotations map that holds nothing else), so stamping twice changes nothing.
 	annotations := u.GetAnnotations()
-	if annotations == nil {
+	delete(annotations, ConfigHashAnnot)
+	if len(annotations) == 0 {
+		unstructured.RemoveNestedField(u.Object, "metadata", "annotations")
 		annotations = map[string]string{}
+	} else {
+		u.SetAnnotations(annotations)
 	}
 	annotations[ConfigHashAnnot] = configHash(u)
 	u.SetAnnotations(annotations)
 }
 
-// configHash digests an object without its own hash annotation.
+// configHash digests an object. Hashes are compared with those of objects stamped by
+// earlier versions of Capstan, so what is digested (the object's JSON, keys sorted) must
+// not change: a test holds a known value.
 func configHash(u *unstructured.Unstructured) string {
-	c := u.DeepCopy()
-	annotations := c.GetAnnotations()
-	delete(annotations, ConfigHashAnnot)
-	if len(annotations) == 0 {
-		unstructured.RemoveNestedField(c.Object, "metadata", "annotations")
-	} else {
-		c.SetAnnotations(annotations)
-	}
-	b, _ := json.Marshal(c.Object) // the object came from JSON, so it marshals
+	b, _ := json.Marshal(u.Object) // the object came from JSON, so it marshals
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:12])
 }

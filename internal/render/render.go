@@ -26,6 +26,7 @@ import (
 	"istio.io/istio/manifests"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/values"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -71,6 +72,9 @@ type Input struct {
 	// KubeVersion is the server's version (for example v1.37.1), given to the charts as
 	// .Capabilities.KubeVersion, as helm install would.
 	KubeVersion string
+	// Revision is the control-plane revision the objects are labelled with (see
+	// apply.Stamp); default apply.DefaultRevision.
+	Revision string
 }
 
 // loadChart reads a component's chart out of istio.io/istio/manifests. Charts are loaded
@@ -104,13 +108,17 @@ func load(fsys fs.FS, dir string) (*chartv2.Chart, error) {
 	return loader.LoadFiles(files)
 }
 
-// Render renders every component with in.Values and returns the objects in apply order.
+// Render renders every component with in.Values and returns the objects in apply order,
+// stamped with Capstan's inventory labels and configuration hash (apply.Stamp).
 // Rendering Istio's charts costs a few hundred milliseconds of CPU (mostly YAML: the CRDs
 // pass through the base chart's fromYaml), so each chart's renders of the last few inputs
 // are kept: a reconcile of an unchanged spec, as every drift repair is, renders nothing,
 // and a change to istiod's settings renders only the istiod chart. The caller owns the
 // returned objects.
 func Render(in Input) ([]Object, error) {
+	if in.Revision == "" {
+		in.Revision = apply.DefaultRevision
+	}
 	caps := common.DefaultCapabilities.Copy()
 	if in.KubeVersion != "" {
 		kv, err := common.ParseKubeVersion(in.KubeVersion)
@@ -141,6 +149,11 @@ func Render(in Input) ([]Object, error) {
 			objs, err := renderChart(ch, c, cin, caps)
 			if err != nil {
 				return err
+			}
+			// Stamped before it is remembered: hashing every object is a good part of
+			// the cost of a render, and a remembered render is served many times.
+			for _, o := range objs {
+				apply.Stamp(o.Unstructured, c.Name, cin.Revision)
 			}
 			memo.put(c.Name, key, objs)
 			results[i] = objs
@@ -255,7 +268,7 @@ func (in Input) key(chart string) (string, error) {
 	}
 	h := sha256.New()
 	h.Write(b)
-	fmt.Fprintf(h, "\x00%s\x00%s\x00%s", chart, in.Namespace, in.KubeVersion)
+	fmt.Fprintf(h, "\x00%s\x00%s\x00%s\x00%s", chart, in.Namespace, in.KubeVersion, in.Revision)
 	return string(h.Sum(nil)), nil
 }
 

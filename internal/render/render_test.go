@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/values"
 )
 
@@ -246,7 +247,7 @@ func TestIstiodRendersDoNotEvictBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	baseKey, err := Input{Values: Base.values(v), Namespace: "istio-system", KubeVersion: "v1.37.1"}.key(Base.Name)
+	baseKey, err := Input{Values: Base.values(v), Namespace: "istio-system", KubeVersion: "v1.37.1", Revision: apply.DefaultRevision}.key(Base.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,5 +315,21 @@ func TestCheckFieldsCoversEveryManagedKind(t *testing.T) {
 				t.Errorf("a valid object: %v", err)
 			}
 		})
+	}
+}
+
+// Render stamps what it returns, remembered renders included: the controller applies the
+// objects as they come.
+func TestRenderStampsInventoryLabelsAndHash(t *testing.T) {
+	for _, pass := range []string{"rendered", "remembered"} {
+		for _, o := range renderSpec(t, meshv1.MeshControlPlaneSpec{}) {
+			l := o.GetLabels()
+			if l[apply.ManagedByLabel] != apply.ManagedByValue || l[apply.ComponentLabel] != o.Component || l[apply.RevisionLabel] != apply.DefaultRevision {
+				t.Errorf("%s: %s %s has labels %v", pass, o.GetKind(), o.GetName(), l)
+			}
+			if o.GetAnnotations()[apply.ConfigHashAnnot] == "" {
+				t.Errorf("%s: %s %s has no configuration hash", pass, o.GetKind(), o.GetName())
+			}
+		}
 	}
 }
