@@ -88,6 +88,10 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		if k.Optional() {
 			continue
 		}
+		if isCRD(k) {
+			b = b.WatchesMetadata(crdMetadata(), toSingleton, builder.WithPredicates(owned, crdDriftVisible))
+			continue
+		}
 		if metadataOnly(k) {
 			b = b.WatchesMetadata(metadataOf(k.GroupVersionKind), toSingleton, builder.WithPredicates(owned))
 			continue
@@ -114,6 +118,13 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})
 	return mgr.Add(r.watches)
 }
+
+// crdDriftVisible passes the CRD updates in which Capstan can see drift: a new generation
+// (the spec was edited), or changed labels or annotations (see drifted). Everything else
+// is status, and the apiserver itself writes the status of every new CRD two or three
+// times (names accepted, established): Istio's fifteen CRDs would each time reconcile
+// the whole control plane for nothing. Creations and deletions always pass.
+var crdDriftVisible = predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{})
 
 // watchSyncTimeout bounds how long a reconcile waits for a newly watched kind's cache.
 const watchSyncTimeout = time.Minute
