@@ -204,7 +204,8 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	}
 	if installed && len(changed) > 1 {
 		if o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
-			return r.applyOne(ctx, o.DeepCopy(), true)
+			_, err := r.applyOne(ctx, o, true)
+			return err
 		}); err != nil {
 			return r.applyFailed(s, o, err)
 		}
@@ -212,8 +213,8 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	var mu sync.Mutex
 	o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
 		ref := apply.RefOf(o)
-		obj := o.DeepCopy()
-		if err := r.applyOne(ctx, obj, false); err != nil {
+		obj, err := r.applyOne(ctx, o, false)
+		if err != nil {
 			return err
 		}
 		if ref.GVK.Kind == "CustomResourceDefinition" {
@@ -313,44 +314,47 @@ func rejected(err error) bool {
 		(apierrors.IsInternalError(err) && strings.Contains(err.Error(), "failed to create typed patch object"))
 }
 
-// applyOne server-side applies obj. The apiserver answers an apply with the whole stored
-// object; Capstan reads back only the metadata (generation, labels) of everything but
+// applyOne server-side applies desired, which it leaves as it is, and returns the
+// apiserver's answer. The apiserver answers an apply with the whole stored object;
+// Capstan reads back only the metadata (generation, labels) of everything but
 // Deployments, whose status says whether istiod is ready. So it asks for the answer as
 // metadata only: Istio's CRDs alone come back as about a megabyte of JSON otherwise, which
-// the apiserver would encode and Capstan decode on every install. On return obj holds
-// the apiserver's answer (only its metadata, for a metadata-only answer).
+// the apiserver would encode and Capstan decode on every install. A metadata-only answer
+// is returned as an object that holds only its metadata.
 //
 // The apiserver is asked not to check the body for fields it does not know
 // (fieldValidation=Ignore): the render has already decoded every object strictly against
 // the same Kubernetes types and refused any such field (render.checkFields). Left on, the
 // check is a second YAML parse of every body, as costly as the first: about a tenth of a
 // second of the apiserver's CPU for Istio's CRDs, on the path of every install.
-func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, obj *unstructured.Unstructured, dryRun bool) error {
-	body, err := obj.MarshalJSON()
+func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, desired *unstructured.Unstructured, dryRun bool) (*unstructured.Unstructured, error) {
+	body, err := desired.MarshalJSON()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	patch := client.RawPatch(types.ApplyPatchType, body)
 	opts := []client.PatchOption{client.FieldOwner(apply.FieldManager), client.ForceOwnership, client.FieldValidation(metav1.FieldValidationIgnore)}
 	if dryRun {
 		opts = append(opts, client.DryRunAll)
 	}
-	if obj.GetKind() == "Deployment" {
-		return r.Patch(ctx, obj, client.RawPatch(types.ApplyPatchType, body), opts...)
+	answer := &unstructured.Unstructured{}
+	answer.SetGroupVersionKind(desired.GroupVersionKind())
+	answer.SetNamespace(desired.GetNamespace())
+	answer.SetName(desired.GetName())
+	if desired.GetKind() == "Deployment" {
+		return answer, r.Patch(ctx, answer, patch, opts...)
 	}
-	m := metadataOf(obj.GroupVersionKind())
-	m.SetNamespace(obj.GetNamespace())
-	m.SetName(obj.GetName())
-	if err := r.Patch(ctx, m, client.RawPatch(types.ApplyPatchType, body), opts...); err != nil {
-		return err
+	m := metadataOf(desired.GroupVersionKind())
+	m.SetNamespace(desired.GetNamespace())
+	m.SetName(desired.GetName())
+	if err := r.Patch(ctx, m, patch, opts...); err != nil {
+		return nil, err
 	}
-	obj.Object = map[string]any{"apiVersion": obj.GetAPIVersion(), "kind": obj.GetKind()}
-	obj.SetResourceVersion(m.ResourceVersion)
-	obj.SetGeneration(m.Generation)
-	obj.SetNamespace(m.Namespace)
-	obj.SetName(m.Name)
-	obj.SetLabels(m.Labels)
-	obj.SetAnnotations(m.Annotations)
-	return nil
+	answer.SetResourceVersion(m.ResourceVersion)
+	answer.SetGeneration(m.Generation)
+	answer.SetLabels(m.Labels)
+	answer.SetAnnotations(m.Annotations)
+	return answer, nil
 }
 
 // applyFailed reports a failed apply. An object the apiserver rejects as invalid comes from
