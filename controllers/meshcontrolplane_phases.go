@@ -189,7 +189,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	// a repair. After a spec change it may simply be new (two replicas add a disruption
 	// budget), which is an update.
 	specSeen := s.before.Status.ObservedGeneration == s.mcp.Generation
-	var changed []*unstructured.Unstructured
+	var changed []render.Object
 	repair := map[apply.Ref]bool{}
 	for _, o := range s.desired {
 		d, err := r.drifted(ctx, o.Unstructured)
@@ -199,20 +199,20 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 		if d == apply.InSync {
 			continue
 		}
-		changed = append(changed, o.Unstructured)
+		changed = append(changed, o)
 		repair[apply.RefOf(o.Unstructured)] = d == apply.Modified || (d == apply.Missing && installed && specSeen)
 	}
 	if installed && len(changed) > 1 {
-		if o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
+		if o, err := r.applyInWaves(ctx, changed, func(o render.Object) error {
 			_, err := r.applyOne(ctx, o, true)
 			return err
 		}); err != nil {
-			return r.applyFailed(s, o, err)
+			return r.applyFailed(s, o.Unstructured, err)
 		}
 	}
 	var mu sync.Mutex
-	o, err := r.applyInWaves(ctx, changed, func(o *unstructured.Unstructured) error {
-		ref := apply.RefOf(o)
+	o, err := r.applyInWaves(ctx, changed, func(o render.Object) error {
+		ref := apply.RefOf(o.Unstructured)
 		obj, err := r.applyOne(ctx, o, false)
 		if err != nil {
 			return err
@@ -234,7 +234,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 		return nil
 	})
 	if err != nil {
-		return r.applyFailed(s, o, err)
+		return r.applyFailed(s, o.Unstructured, err)
 	}
 	return ctrl.Result{}, nil
 }
@@ -249,8 +249,8 @@ const applyConcurrency = 16
 // waits for them, and they are the slowest writes by far (the apiserver checks and
 // publishes each schema), so the other ranks are written while the apiserver stores them.
 // It returns the first object that failed, in apply order, and its error.
-func (r *MeshControlPlaneReconciler) applyInWaves(ctx context.Context, objs []*unstructured.Unstructured, fn func(*unstructured.Unstructured) error) (*unstructured.Unstructured, error) {
-	var crds, rest []*unstructured.Unstructured
+func (r *MeshControlPlaneReconciler) applyInWaves(ctx context.Context, objs []render.Object, fn func(render.Object) error) (render.Object, error) {
+	var crds, rest []render.Object
 	for _, o := range objs {
 		if k, _ := render.Lookup(o.GroupVersionKind()); isCRD(k) {
 			crds = append(crds, o)
@@ -278,7 +278,7 @@ func (r *MeshControlPlaneReconciler) applyInWaves(ctx context.Context, objs []*u
 }
 
 // applyRanks runs fn over objects rank by rank, concurrently within a rank.
-func (r *MeshControlPlaneReconciler) applyRanks(ctx context.Context, objs []*unstructured.Unstructured, fn func(*unstructured.Unstructured) error) (*unstructured.Unstructured, error) {
+func (r *MeshControlPlaneReconciler) applyRanks(ctx context.Context, objs []render.Object, fn func(render.Object) error) (render.Object, error) {
 	for start := 0; start < len(objs); {
 		end := start + 1
 		rank := render.Rank(objs[start].GroupVersionKind())
@@ -303,7 +303,7 @@ func (r *MeshControlPlaneReconciler) applyRanks(ctx context.Context, objs []*uns
 		}
 		start = end
 	}
-	return nil, nil
+	return render.Object{}, nil
 }
 
 // rejected says whether the apiserver refused an object for its content. Server-side apply
@@ -327,8 +327,8 @@ func rejected(err error) bool {
 // the same Kubernetes types and refused any such field (render.checkFields). Left on, the
 // check is a second YAML parse of every body, as costly as the first: about a tenth of a
 // second of the apiserver's CPU for Istio's CRDs, on the path of every install.
-func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, desired *unstructured.Unstructured, dryRun bool) (*unstructured.Unstructured, error) {
-	body, err := desired.MarshalJSON()
+func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, desired render.Object, dryRun bool) (*unstructured.Unstructured, error) {
+	body, err := desired.JSON()
 	if err != nil {
 		return nil, err
 	}

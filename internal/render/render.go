@@ -30,6 +30,8 @@ import (
 	"github.com/capstan-mesh/capstan/internal/values"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -60,9 +62,42 @@ var (
 )
 
 // Object is a rendered object and the component that rendered it.
+//
+// Of a CustomResourceDefinition only apiVersion, kind and metadata are decoded into
+// Unstructured: Capstan judges a CRD's drift by its metadata alone (see
+// apply.MetadataDrift), and decoding the schemas of Istio's CRDs, most of a render's
+// bytes, for every reconcile cost more CPU and garbage than everything else the reconcile
+// did. JSON gives the whole object, and Full decodes it.
 type Object struct {
 	Component string
 	*unstructured.Unstructured
+	// body is the whole object's JSON when Unstructured holds only its metadata.
+	body []byte
+}
+
+// Partial says whether Unstructured holds only the object's apiVersion, kind and metadata.
+func (o Object) Partial() bool { return o.body != nil }
+
+// JSON is the whole object as JSON: what to apply.
+func (o Object) JSON() ([]byte, error) {
+	if o.body != nil {
+		return o.body, nil
+	}
+	return o.MarshalJSON()
+}
+
+// Full is the whole object, decoded; the caller owns it.
+func (o Object) Full() (*unstructured.Unstructured, error) {
+	if o.body == nil {
+		return o.DeepCopy(), nil
+	}
+	u := &unstructured.Unstructured{}
+	return u, u.UnmarshalJSON(o.body)
+}
+
+// decodedAsMetadata says of which kinds a remembered render decodes only the metadata.
+func decodedAsMetadata(gvk schema.GroupVersionKind) bool {
+	return gvk.Group == "apiextensions.k8s.io" && gvk.Kind == "CustomResourceDefinition"
 }
 
 // Input is everything a render depends on.
@@ -142,20 +177,17 @@ func Render(in Input) ([]Object, error) {
 				results[i] = objs
 				return nil
 			}
-			ch, err := loadChart(c)
+			objs, err := renderComponent(c, cin, caps)
 			if err != nil {
 				return err
-			}
-			objs, err := renderChart(ch, c, cin, caps)
-			if err != nil {
-				return err
-			}
-			// Stamped before it is remembered: hashing every object is a good part of
-			// the cost of a render, and a remembered render is served many times.
-			for _, o := range objs {
-				apply.Stamp(o.Unstructured, c.Name, cin.Revision)
 			}
 			memo.put(c.Name, key, objs)
+			// Served from what was remembered, so that a fresh render and a remembered
+			// one give the same objects (CRDs as metadata).
+			if objs, ok := memo.get(c.Name, key); ok {
+				results[i] = objs
+				return nil
+			}
 			results[i] = objs
 			return nil
 		})
@@ -169,6 +201,24 @@ func Render(in Input) ([]Object, error) {
 	}
 	slices.SortStableFunc(out, func(a, b Object) int { return applyRank(a) - applyRank(b) })
 	return out, nil
+}
+
+// renderComponent renders and stamps one chart. The objects are stamped before they are
+// remembered: hashing every object is a good part of the cost of a render, and a
+// remembered render is served many times.
+func renderComponent(c Component, in Input, caps *common.Capabilities) ([]Object, error) {
+	ch, err := loadChart(c)
+	if err != nil {
+		return nil, err
+	}
+	objs, err := renderChart(ch, c, in, caps)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range objs {
+		apply.Stamp(o.Unstructured, c.Name, in.Revision)
+	}
+	return objs, nil
 }
 
 // values picks the values a component's chart reads.
@@ -294,6 +344,8 @@ type memoEntry struct {
 	key      string
 	deflated []byte
 	ends     []int
+	// headOnly[i]: object i is served with only its head decoded (decodedAsMetadata).
+	headOnly []bool
 }
 
 func (m *renderMemo) get(chart, key string) ([]Object, bool) {
@@ -309,34 +361,84 @@ func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 	if !found {
 		return nil, false
 	}
-	text, err := io.ReadAll(flate.NewReader(bytes.NewReader(e.deflated)))
+	size := 0
+	if len(e.ends) > 0 {
+		size = e.ends[len(e.ends)-1]
+	}
+	text, err := readAllInto(flate.NewReader(bytes.NewReader(e.deflated)), make([]byte, 0, size))
 	if err != nil {
 		return nil, false // it was compressed here, so this does not happen
 	}
 	out := make([]Object, len(e.ends))
 	start := 0
 	for i, end := range e.ends {
-		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(text[start:end]); err != nil {
+		o, err := decodeObject(text[start:end:end], e.headOnly[i])
+		if err != nil {
 			return nil, false
 		}
-		out[i] = Object{Component: chart, Unstructured: u}
+		o.Component = chart
+		out[i] = o
 		start = end
 	}
 	return out, true
+}
+
+// readAllInto reads r to its end into buf, which should have room for all of it.
+func readAllInto(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return buf, err
+		case len(buf) == cap(buf):
+			buf = slices.Grow(buf, 4096)
+		}
+	}
+}
+
+// objectHead is what is decoded of an object kept as its JSON body (see Object).
+type objectHead struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   map[string]any `json:"metadata"`
+}
+
+// decodeObject decodes one remembered object: all of it, or with headOnly only its head,
+// keeping its JSON as the body.
+func decodeObject(js []byte, headOnly bool) (Object, error) {
+	if headOnly {
+		var head objectHead
+		// The head decodes the way unstructured objects do (integers stay int64); the
+		// skipped fields cost a scan of their bytes, without allocating.
+		if err := kjson.UnmarshalCaseSensitivePreserveInts(js, &head); err != nil {
+			return Object{}, err
+		}
+		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": head.APIVersion, "kind": head.Kind, "metadata": head.Metadata}}
+		return Object{Unstructured: u, body: js}, nil
+	}
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(js); err != nil {
+		return Object{}, err
+	}
+	return Object{Unstructured: u}, nil
 }
 
 // put remembers one chart's render; objs are that chart's, so their component is chart.
 func (m *renderMemo) put(chart, key string, objs []Object) {
 	var text bytes.Buffer
 	ends := make([]int, len(objs))
+	headOnly := make([]bool, len(objs))
 	for i, o := range objs {
-		b, err := o.MarshalJSON()
+		b, err := o.JSON()
 		if err != nil {
 			return
 		}
 		text.Write(b)
 		ends[i] = text.Len()
+		headOnly[i] = decodedAsMetadata(o.GroupVersionKind())
 	}
 	var deflated bytes.Buffer
 	w, _ := flate.NewWriter(&deflated, flate.BestSpeed) // only an invalid level fails
@@ -357,7 +459,7 @@ func (m *renderMemo) put(chart, key string, objs []Object) {
 	if len(entries) == memoSize {
 		entries = slices.Delete(entries, 0, 1)
 	}
-	m.charts[chart] = append(entries, memoEntry{key: key, deflated: slices.Clip(deflated.Bytes()), ends: ends})
+	m.charts[chart] = append(entries, memoEntry{key: key, deflated: slices.Clip(deflated.Bytes()), ends: ends, headOnly: headOnly})
 }
 
 // Warm loads the embedded charts and renders them with the values of an empty spec, which

@@ -284,7 +284,7 @@ func TestIstioChartsRenderOnlyKnownFields(t *testing.T) {
 	for name, spec := range variedSpecs() {
 		t.Run(name, func(t *testing.T) {
 			for _, o := range renderSpec(t, spec) {
-				js, err := o.MarshalJSON()
+				js, err := o.JSON()
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -333,3 +333,56 @@ func TestRenderStampsInventoryLabelsAndHash(t *testing.T) {
 		}
 	}
 }
+
+// CRDs come with only their metadata decoded, and their whole body as JSON: the same
+// object, byte for byte, as the chart renders and stamps, whether the render was fresh or
+// remembered.
+func TestRenderedCRDsCarryTheirWholeBody(t *testing.T) {
+	spec := meshv1.MeshControlPlaneSpec{Namespace: "crd-body-test"} // a render no other test has remembered
+	v, err := values.For(&spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Input{Values: Base.values(v), Namespace: spec.Namespace, KubeVersion: "v1.37.1", Revision: apply.DefaultRevision}
+	caps := common.DefaultCapabilities.Copy()
+	kv, _ := common.ParseKubeVersion(in.KubeVersion)
+	caps.KubeVersion = *kv
+	want, err := renderComponent(Base, in, caps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pass := range []string{"fresh", "remembered"} {
+		got := renderSpec(t, spec)
+		crds := 0
+		for _, o := range got {
+			w := find(want, o.GetKind(), o.GetName())
+			if o.GetKind() != "CustomResourceDefinition" {
+				if o.Partial() {
+					t.Errorf("%s: %s %s is only partly decoded", pass, o.GetKind(), o.GetName())
+				}
+				continue
+			}
+			crds++
+			if !o.Partial() {
+				t.Errorf("%s: CRD %s is decoded whole", pass, o.GetName())
+			}
+			if _, found, _ := unstructured.NestedMap(o.Object, "spec"); found {
+				t.Errorf("%s: CRD %s: the partial object holds its spec", pass, o.GetName())
+			}
+			if o.GetAnnotations()[apply.ConfigHashAnnot] != w.GetAnnotations()[apply.ConfigHashAnnot] || o.GetLabels()[apply.ComponentLabel] != "base" {
+				t.Errorf("%s: CRD %s: metadata %v", pass, o.GetName(), o.Object["metadata"])
+			}
+			full, err := o.Full()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equality.Semantic.DeepEqual(full.Object, w.Object) {
+				t.Errorf("%s: CRD %s: the body differs from the chart's render", pass, o.GetName())
+			}
+		}
+		if crds != 15 {
+			t.Errorf("%s: %d CRDs, want Istio's 15", pass, crds)
+		}
+	}
+}
+

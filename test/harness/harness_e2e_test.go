@@ -122,7 +122,9 @@ func TestHarnessEndToEnd(t *testing.T) {
 	}
 	unstructuredObjs := make([]*unstructured.Unstructured, len(objs))
 	for i, o := range objs {
-		unstructuredObjs[i] = o.Unstructured
+		if unstructuredObjs[i], err = o.Full(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := c.Apply(ctx, fieldManager, unstructuredObjs...); err != nil {
 		t.Fatal(err)
@@ -321,7 +323,9 @@ func startClusterWithIstioCharts(t *testing.T, ctx context.Context) *Cluster {
 	}
 	us := make([]*unstructured.Unstructured, len(objs))
 	for i, o := range objs {
-		us[i] = o.Unstructured
+		if us[i], err = o.Full(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := c.Apply(ctx, fieldManager, us...); err != nil {
 		t.Fatal(err)
