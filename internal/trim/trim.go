@@ -21,8 +21,13 @@ import (
 // Defaults of a Trimmer.
 const (
 	// DefaultBurst is how much must have been allocated since the last trim for a trim to
-	// be worth its collection.
-	DefaultBurst = 8 << 20
+	// be worth its collection. It is about a quarter of the heap an installed operator
+	// keeps: the reconciles that follow an install's own (a Deployment becoming
+	// available, a status write echoed back) allocate a few megabytes after the install's
+	// trim, and Go keeps the pages that garbage leaves, so a threshold above that left
+	// 2-3 MiB of RSS in place for good. An idle operator (lease renewals, watch bookmarks)
+	// takes minutes to allocate this much, so it costs one collection now and then.
+	DefaultBurst = 2 << 20
 	// DefaultQuiet is how long allocation must stay below DefaultIdleRate before a trim:
 	// longer than the pauses inside one burst of reconciles. A trim that comes too early
 	// costs one collection of a heap of a few megabytes, a few milliseconds.

@@ -25,8 +25,8 @@ func TestTrimsOnceAfterEachBurst(t *testing.T) {
 			want:    []int{4},
 		},
 		"small allocations add up to a burst": {
-			// 400 KiB each half second is below the idle rate; 8 MiB is passed at the 21st.
-			perTick: repeat(400<<10, 24),
+			// 100 KiB each half second is below the idle rate; 2 MiB is passed at the 21st.
+			perTick: repeat(100<<10, 24),
 			want:    []int{20},
 		},
 		"two bursts, two trims": {
@@ -34,7 +34,7 @@ func TestTrimsOnceAfterEachBurst(t *testing.T) {
 			want:    []int{2, 6},
 		},
 		"a burst below the threshold is left to the collector": {
-			perTick: []uint64{4 * mib, 1000, 1000, 1000, 1000, 1000, 1000},
+			perTick: []uint64{1 * mib, 1000, 1000, 1000, 1000, 1000, 1000},
 		},
 	}
 	for name, tc := range cases {
