@@ -385,4 +385,3 @@ func TestRenderedCRDsCarryTheirWholeBody(t *testing.T) {
 		}
 	}
 }
-

@@ -2,11 +2,13 @@
 // operator has gone quiet again.
 //
 // The operator is idle nearly all the time, and its work comes in bursts: an install or an
-// upgrade renders Istio's charts and decodes their objects, tens of megabytes of garbage in
-// a second. Go's collector frees that garbage but keeps the pages for reuse, returning them
-// to the system only slowly, so without help the operator would hold the memory of its
-// last burst for minutes. The Trimmer watches how fast the operator allocates and, once a
-// burst is over, runs one collection that returns the free pages (debug.FreeOSMemory).
+// upgrade renders Istio's charts and decodes their objects, megabytes of garbage in a
+// second. Go's collector frees that garbage only when the heap next grows enough to start
+// a collection, which an idle operator may not do for minutes, and then keeps the freed
+// pages for reuse, returning them to the system only slowly. So without help the
+// operator would hold the memory of its last burst long after it. The Trimmer watches
+// how fast the operator allocates and how much of its heap is not live, and once a burst
+// is over, runs one collection that returns the free pages (debug.FreeOSMemory).
 package trim
 
 import (
@@ -20,14 +22,10 @@ import (
 
 // Defaults of a Trimmer.
 const (
-	// DefaultBurst is how much must have been allocated since the last trim for a trim to
-	// be worth its collection. It is about a quarter of the heap an installed operator
-	// keeps: the reconciles that follow an install's own (a Deployment becoming
-	// available, a status write echoed back) allocate a few megabytes after the install's
-	// trim, and Go keeps the pages that garbage leaves, so a threshold above that left
-	// 2-3 MiB of RSS in place for good. An idle operator (lease renewals, watch bookmarks)
-	// takes minutes to allocate this much, so it costs one collection now and then.
-	DefaultBurst = 2 << 20
+	// DefaultReclaimable is how much of the heap must be garbage or free pages for a trim
+	// to be worth its collection: about a quarter of the heap an installed operator keeps
+	// live, and a fifth of what one reconcile of an unchanged spec allocates.
+	DefaultReclaimable = 2 << 20
 	// DefaultQuiet is how long allocation must stay below DefaultIdleRate before a trim:
 	// longer than the pauses inside one burst of reconciles. A trim that comes too early
 	// costs one collection of a heap of a few megabytes, a few milliseconds.
@@ -35,7 +33,7 @@ const (
 	// DefaultIdleRate is the allocation rate, in bytes per second, that counts as quiet:
 	// an idle operator's watches and lease renewals allocate far less.
 	DefaultIdleRate = 1 << 20
-	// DefaultInterval is how often the allocation counter is read.
+	// DefaultInterval is how often the runtime's counters are read.
 	DefaultInterval = 500 * time.Millisecond
 )
 
@@ -43,13 +41,23 @@ const (
 // memory to the operating system after each burst of allocation. The zero value uses the
 // defaults above.
 type Trimmer struct {
-	Burst, IdleRate uint64
-	Quiet, Interval time.Duration
-	// Clock and Allocated and Free are for tests: the time source, the count of bytes
-	// allocated so far, and what a trim does.
-	Clock     clock.WithTicker
-	Allocated func() uint64
-	Free      func()
+	Reclaimable, IdleRate uint64
+	Quiet, Interval       time.Duration
+	// Clock, Read and Free are for tests: the time source, a reading of the runtime's
+	// counters, and what a trim does.
+	Clock clock.WithTicker
+	Read  func() Reading
+	Free  func()
+}
+
+// Reading is what the Trimmer reads of the runtime each interval.
+type Reading struct {
+	// Allocated is the bytes allocated on the heap since the process started.
+	Allocated uint64
+	// Reclaimable is the heap's bytes that a collection and a scavenge would return to
+	// the system: objects not found live by the last collection (garbage, or allocated
+	// since), and free pages not yet returned.
+	Reclaimable uint64
 }
 
 // Start runs the Trimmer until ctx ends.
@@ -57,54 +65,45 @@ func (t *Trimmer) Start(ctx context.Context) error {
 	t.defaults()
 	tick := t.Clock.NewTicker(t.Interval)
 	defer tick.Stop()
-	w := newWatch(t.Allocated())
+	w := &watch{last: t.Read().Allocated}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C():
-			if w.observe(t.Allocated(), t.Interval, t.Burst, t.IdleRate, t.Quiet) {
+			if w.observe(t.Read(), t.Interval, t.Reclaimable, t.IdleRate, t.Quiet) {
 				t.Free()
-				w.trimmed(t.Allocated())
 			}
 		}
 	}
 }
 
-// watch is what the Trimmer remembers between two readings of the allocation counter.
+// watch is what the Trimmer remembers between two readings.
 type watch struct {
-	last     uint64        // at the previous reading
-	atTrim   uint64        // at the previous trim (or the start)
+	last     uint64        // bytes allocated at the previous reading
 	quietFor time.Duration // how long allocation has been at the idle rate or below
 }
 
-func newWatch(allocated uint64) *watch { return &watch{last: allocated, atTrim: allocated} }
-
-// observe takes a reading of the counter, interval after the previous one, and says
-// whether to trim now: a burst's worth was allocated since the last trim, and allocation
-// has been quiet for quiet.
-func (w *watch) observe(allocated uint64, interval time.Duration, burst, idleRate uint64, quiet time.Duration) bool {
-	delta := allocated - w.last
-	w.last = allocated
+// observe takes a reading, interval after the previous one, and says whether to trim now:
+// allocation has been quiet for quiet, and at least reclaimable bytes of the heap would
+// go back to the system.
+func (w *watch) observe(r Reading, interval time.Duration, reclaimable, idleRate uint64, quiet time.Duration) bool {
+	delta := r.Allocated - w.last
+	w.last = r.Allocated
 	if float64(delta) > float64(idleRate)*interval.Seconds() {
 		w.quietFor = 0
 		return false
 	}
 	w.quietFor += interval
-	return allocated-w.atTrim >= burst && w.quietFor >= quiet
-}
-
-// trimmed records a trim; allocated is the counter after it.
-func (w *watch) trimmed(allocated uint64) {
-	w.last, w.atTrim = allocated, allocated
+	return w.quietFor >= quiet && r.Reclaimable >= reclaimable
 }
 
 // NeedLeaderElection is false: every replica holds its own memory.
 func (t *Trimmer) NeedLeaderElection() bool { return false }
 
 func (t *Trimmer) defaults() {
-	if t.Burst == 0 {
-		t.Burst = DefaultBurst
+	if t.Reclaimable == 0 {
+		t.Reclaimable = DefaultReclaimable
 	}
 	if t.IdleRate == 0 {
 		t.IdleRate = DefaultIdleRate
@@ -118,20 +117,32 @@ func (t *Trimmer) defaults() {
 	if t.Clock == nil {
 		t.Clock = clock.RealClock{}
 	}
-	if t.Allocated == nil {
-		t.Allocated = heapAllocated
+	if t.Read == nil {
+		t.Read = read
 	}
 	if t.Free == nil {
 		t.Free = debug.FreeOSMemory
 	}
 }
 
-// heapAllocated is the bytes allocated on the heap since the process started.
-func heapAllocated() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
+// read reads the runtime's counters.
+func read() Reading {
+	s := []metrics.Sample{
+		{Name: "/gc/heap/allocs:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
 	}
-	return s[0].Value.Uint64()
+	metrics.Read(s)
+	v := make([]uint64, len(s))
+	for i := range s {
+		if s[i].Value.Kind() == metrics.KindUint64 {
+			v[i] = s[i].Value.Uint64()
+		}
+	}
+	r := Reading{Allocated: v[0], Reclaimable: v[3]}
+	if objects, live := v[1], v[2]; objects > live {
+		r.Reclaimable += objects - live
+	}
+	return r
 }

@@ -1,52 +1,55 @@
 package trim
 
-import "testing"
+import (
+	"runtime"
+	"runtime/debug"
+	"testing"
+)
 
-// TestTrimsOnceAfterEachBurst drives the decision with readings of the allocation counter
-// taken every half second: a trim comes only once a burst's worth has been allocated and
-// allocation has then stayed quiet for DefaultQuiet (one second: two readings), and only
-// once per burst.
-func TestTrimsOnceAfterEachBurst(t *testing.T) {
+// TestTrimsOnceQuietWithMemoryToReturn drives the decision with readings taken every half
+// second: a trim comes only once allocation has stayed quiet for DefaultQuiet (one second:
+// two readings) and the heap holds DefaultReclaimable or more that a trim would return.
+func TestTrimsOnceQuietWithMemoryToReturn(t *testing.T) {
 	const mib = 1 << 20
+	type tick struct {
+		allocated   uint64 // bytes allocated since the previous reading
+		reclaimable uint64
+	}
 	cases := map[string]struct {
-		perTick []uint64 // bytes allocated before each reading
-		want    []int    // readings (0-based) at which a trim is due
+		ticks []tick
+		want  []int
 	}{
-		"an idle operator is never trimmed": {
-			perTick: []uint64{1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000},
+		"an idle operator with nothing to return is never trimmed": {
+			ticks: []tick{{1000, 0}, {1000, 0}, {1000, 0}, {1000, 0}, {1000, 0}},
 		},
 		"a burst is trimmed once the quiet period has passed": {
-			// 20 MiB in a second, then quiet: trim at the second quiet reading.
-			perTick: []uint64{10 * mib, 10 * mib, 1000, 1000, 1000, 1000, 1000, 1000},
-			want:    []int{3},
+			ticks: []tick{{10 * mib, 8 * mib}, {10 * mib, 16 * mib}, {1000, 16 * mib}, {1000, 16 * mib}, {1000, 0}},
+			want:  []int{3},
 		},
 		"allocation in the quiet period starts it again": {
-			perTick: []uint64{10 * mib, 1000, 2 * mib, 1000, 1000, 1000, 1000},
-			want:    []int{4},
+			ticks: []tick{{10 * mib, 9 * mib}, {1000, 9 * mib}, {2 * mib, 11 * mib}, {1000, 11 * mib}, {1000, 11 * mib}},
+			want:  []int{4},
 		},
-		"small allocations add up to a burst": {
-			// 100 KiB each half second is below the idle rate; 2 MiB is passed at the 21st.
-			perTick: repeat(100<<10, 24),
-			want:    []int{20},
+		"garbage of a reconcile that ended while all was quiet is trimmed": {
+			// A reconcile waits on the apiserver, allocating nothing; its objects become
+			// garbage when it returns, after the trim that came during the wait. (After
+			// each trim, the next reading has nothing left to return.)
+			ticks: []tick{{10 * mib, 9 * mib}, {1000, 9 * mib}, {1000, 9 * mib}, {1000, 0}, {1000, 5 * mib}, {1000, 0}},
+			want:  []int{2, 4},
 		},
-		"two bursts, two trims": {
-			perTick: []uint64{9 * mib, 1000, 1000, 1000, 9 * mib, 1000, 1000, 1000},
-			want:    []int{2, 6},
-		},
-		"a burst below the threshold is left to the collector": {
-			perTick: []uint64{1 * mib, 1000, 1000, 1000, 1000, 1000, 1000},
+		"little to return is left to the collector": {
+			ticks: []tick{{3 * mib, 1 * mib}, {1000, 1 * mib}, {1000, 1 * mib}, {1000, 1 * mib}},
 		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			var allocated uint64
-			w := newWatch(allocated)
+			w := &watch{}
 			var got []int
-			for i, n := range tc.perTick {
-				allocated += n
-				if w.observe(allocated, DefaultInterval, DefaultBurst, DefaultIdleRate, DefaultQuiet) {
+			for i, tk := range tc.ticks {
+				allocated += tk.allocated
+				if w.observe(Reading{Allocated: allocated, Reclaimable: tk.reclaimable}, DefaultInterval, DefaultReclaimable, DefaultIdleRate, DefaultQuiet) {
 					got = append(got, i)
-					w.trimmed(allocated)
 				}
 			}
 			if len(got) != len(tc.want) {
@@ -61,21 +64,24 @@ func TestTrimsOnceAfterEachBurst(t *testing.T) {
 	}
 }
 
-func repeat(n uint64, times int) []uint64 {
-	out := make([]uint64, times)
-	for i := range out {
-		out[i] = n
-	}
-	return out
-}
-
-// TestHeapAllocatedCounts checks that the counter the Trimmer reads moves with allocation.
-func TestHeapAllocatedCounts(t *testing.T) {
-	before := heapAllocated()
-	sink = make([]byte, 4<<20)
-	if after := heapAllocated(); after-before < 4<<20 {
-		t.Fatalf("allocated %d bytes, the counter moved by %d", 4<<20, after-before)
-	}
-}
-
 var sink []byte
+
+// TestReadSeesGarbage checks the counters the Trimmer reads: allocation moves Allocated,
+// and a dropped allocation shows as reclaimable until a trim returns it.
+func TestReadSeesGarbage(t *testing.T) {
+	runtime.GC()
+	before := read()
+	sink = make([]byte, 8<<20)
+	after := read()
+	if after.Allocated-before.Allocated < 8<<20 {
+		t.Fatalf("allocated %d bytes, the counter moved by %d", 8<<20, after.Allocated-before.Allocated)
+	}
+	sink = nil
+	if r := read(); r.Reclaimable < 8<<20 {
+		t.Fatalf("8 MiB of garbage, %d bytes reclaimable", r.Reclaimable)
+	}
+	debug.FreeOSMemory() // what a trim does
+	if r := read(); r.Reclaimable >= 8<<20 {
+		t.Fatalf("after a trim, %d bytes still reclaimable", r.Reclaimable)
+	}
+}
