@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"path"
 	"slices"
@@ -365,10 +364,13 @@ func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 	if len(e.ends) > 0 {
 		size = e.ends[len(e.ends)-1]
 	}
-	text, err := readAllInto(flate.NewReader(bytes.NewReader(e.deflated)), make([]byte, 0, size))
-	if err != nil {
+	// Room for all of it up front: ReadFrom would otherwise double the buffer a few times.
+	var inflated bytes.Buffer
+	inflated.Grow(size + bytes.MinRead)
+	if _, err := inflated.ReadFrom(flate.NewReader(bytes.NewReader(e.deflated))); err != nil {
 		return nil, false // it was compressed here, so this does not happen
 	}
+	text := inflated.Bytes()
 	out := make([]Object, len(e.ends))
 	start := 0
 	for i, end := range e.ends {
@@ -381,22 +383,6 @@ func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 		start = end
 	}
 	return out, true
-}
-
-// readAllInto reads r to its end into buf, which should have room for all of it.
-func readAllInto(r io.Reader, buf []byte) ([]byte, error) {
-	for {
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		switch {
-		case err == io.EOF:
-			return buf, nil
-		case err != nil:
-			return buf, err
-		case len(buf) == cap(buf):
-			buf = slices.Grow(buf, 4096)
-		}
-	}
 }
 
 // objectHead is what is decoded of an object kept as its JSON body (see Object).
