@@ -482,6 +482,9 @@ var _ = Describe("the mesh CA of a MeshControlPlane deleted and made again", Ord
 			g.Expect(secret(ns, controllers.CACertsSecret)(g).ResourceVersion).To(Equal(old.ResourceVersion))
 			g.Expect(ownedRefs()).NotTo(ContainElement("Deployment " + ns + "/istiod"))
 		}).WithTimeout(2 * time.Second).Should(Succeed())
+		Expect(condition(meshv1.ConditionReady)(Default)).To(And(
+			HaveField("Status", metav1.ConditionFalse),
+			HaveField("Reason", meshv1.ReasonCAWaiting)))
 
 		Expect(k8sClient.Delete(ctx, old)).To(Succeed())
 		Expect(k8sClient.Delete(ctx, oldState)).To(Succeed())
@@ -491,5 +494,19 @@ var _ = Describe("the mesh CA of a MeshControlPlane deleted and made again", Ord
 		Expect(fresh.Data["root-cert.pem"]).NotTo(Equal(old.Data["root-cert.pem"]))
 		Expect(metav1.GetControllerOf(fresh).UID).To(Equal(getMCP().UID))
 		Eventually(ownedRefs).Should(ContainElement("Deployment " + ns + "/istiod"))
+		// istiod's first start, once the CA is there, is no repair of a deleted object.
+		uid := getMCP().UID
+		Eventually(func() []string {
+			var notes []string
+			for _, e := range events(meshv1.ReasonUpdated) {
+				if e.Regarding.UID == uid {
+					notes = append(notes, e.Note)
+				}
+			}
+			return notes
+		}).Should(ContainElement(ContainSubstring("1 objects changed")))
+		for _, e := range events(meshv1.ReasonDriftReverted) {
+			Expect(e.Regarding.UID).NotTo(Equal(uid), "istiod's first start reported as a repair: %s", e.Note)
+		}
 	})
 })

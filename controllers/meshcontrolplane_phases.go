@@ -12,6 +12,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -171,11 +172,14 @@ func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctr
 		// controller's CAReady condition says so and how to fix it.
 		log.FromContext(ctx).V(1).Info("cannot read cacerts; istiod waits", "error", err.Error())
 	}
-	s.desired = slices.DeleteFunc(s.desired, func(o render.Object) bool {
-		return o.GetKind() == "Deployment" && o.GetName() == "istiod"
-	})
+	s.desired = slices.DeleteFunc(s.desired, isIstiod)
 	s.awaitingCA = true
 	return ctrl.Result{}, nil
+}
+
+// isIstiod says whether a rendered object is istiod's Deployment, which awaitCA holds back.
+func isIstiod(o render.Object) bool {
+	return o.GetKind() == "Deployment" && o.GetName() == "istiod"
 }
 
 // applyObjects server-side applies each rendered object that is missing or has drifted,
@@ -189,6 +193,10 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	// a repair. After a spec change it may simply be new (two replicas add a disruption
 	// budget), which is an update.
 	specSeen := s.before.Status.ObservedGeneration == s.mcp.Generation
+	// Nor is istiod missing when the last reconcile held it back for the mesh CA: this is
+	// its first start.
+	progressing := meta.FindStatusCondition(s.before.Status.Conditions, meshv1.ConditionProgressing)
+	firstStart := progressing != nil && progressing.Reason == meshv1.ReasonCAWaiting
 	var changed []render.Object
 	repair := map[apply.Ref]bool{}
 	for _, o := range s.desired {
@@ -200,7 +208,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 			continue
 		}
 		changed = append(changed, o)
-		repair[apply.RefOf(o.Unstructured)] = d == apply.Modified || (d == apply.Missing && installed && specSeen)
+		repair[apply.RefOf(o.Unstructured)] = d == apply.Modified || (d == apply.Missing && installed && specSeen && !(firstStart && isIstiod(o)))
 	}
 	if installed && len(changed) > 1 {
 		if o, err := r.applyInWaves(ctx, changed, func(o render.Object) error {

@@ -52,8 +52,12 @@ func (r *MeshControlPlaneReconciler) summarize(ctx context.Context, s *scope) {
 		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionFalse, meshv1.ReasonComponentsReady, "rollout complete")
 	} else {
 		msg := "waiting for " + strings.Join(waiting, "; ")
-		setCondition(mcp, meshv1.ConditionReady, metav1.ConditionFalse, meshv1.ReasonComponentsNotReady, msg)
-		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionTrue, meshv1.ReasonComponentsNotReady, msg)
+		reason := meshv1.ReasonComponentsNotReady
+		if s.awaitingCA {
+			reason = meshv1.ReasonCAWaiting // also what tells the next reconcile that istiod was held back
+		}
+		setCondition(mcp, meshv1.ConditionReady, metav1.ConditionFalse, reason, msg)
+		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionTrue, reason, msg)
 	}
 	r.recordChanges(s)
 }
