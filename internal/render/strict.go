@@ -18,8 +18,8 @@ import (
 // spec.values (pilot.affinity.nodeAfinity, say) would install without the setting and say so
 // nowhere but the operator's log. Checked here, it stops the render before anything is
 // written, with the field's path in the Degraded condition. It also lets Capstan ask the
-// apiserver to skip its own strict decoding of every apply (see apply.FieldValidation),
-// a second YAML parse of each body that costs as much as the first.
+// apiserver to skip its own strict decoding of every apply (fieldValidation=Ignore, in the
+// controller's applyOne), a second YAML parse of each body that costs as much as the first.
 //
 // A kind Capstan does not manage is not checked here: the render refuses it anyway.
 func checkFields(gvk schema.GroupVersionKind, js []byte) error {

@@ -23,8 +23,8 @@ import (
 // Defaults of a Trimmer.
 const (
 	// DefaultReclaimable is how much of the heap must be garbage or free pages for a trim
-	// to be worth its collection: about a quarter of the heap an installed operator keeps
-	// live, and a fifth of what one reconcile of an unchanged spec allocates.
+	// to be worth its collection: about a third of the heap an installed operator keeps
+	// live (~6 MB).
 	DefaultReclaimable = 2 << 20
 	// DefaultQuiet is how long allocation must stay below DefaultIdleRate before a trim:
 	// longer than the pauses inside one burst of reconciles. A trim that comes too early
