@@ -14,14 +14,26 @@ import (
 
 // Labels and annotations every object Capstan writes carries.
 const (
-	FieldManager       = "capstan"
-	ManagedByLabel     = "app.kubernetes.io/managed-by"
-	ManagedByValue     = "capstan"
-	ComponentLabel     = "capstan.dev/component"
-	RevisionLabel      = "capstan.dev/revision"
+	FieldManager   = "capstan"
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	ManagedByValue = "capstan"
+	ComponentLabel = "capstan.dev/component"
+	RevisionLabel  = "capstan.dev/revision"
+	// WriterLabel names the Capstan controller that wrote an object: prune and uninstall
+	// of one controller never touch another's objects.
+	WriterLabel        = "capstan.dev/writer"
 	ConfigHashAnnot    = "capstan.dev/config-hash"
 	DefaultRevision    = "default"
 	NamespaceComponent = "namespace"
+)
+
+// Writers: the controllers that write objects, each pruning only its own.
+const (
+	// WriterInstall is the install controller: the charts' objects and the control-plane
+	// namespace.
+	WriterInstall = "install"
+	// WriterCA is the mesh CA controller: the CA's Secrets and cert-manager Certificate.
+	WriterCA = "ca"
 )
 
 // Ref names one object.
