@@ -145,6 +145,8 @@ func run() error {
 		APIReader:   mgr.GetAPIReader(),
 		Recorder:    mgr.GetEventRecorder("capstan"),
 		KubeVersion: sv.GitVersion,
+		// The Deployment sets it through the downward API; empty when run by hand.
+		OperatorNamespace: os.Getenv("POD_NAMESPACE"),
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the MeshControlPlane controller: %w", err)

@@ -13,6 +13,7 @@ import (
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/render"
 )
 
 // NewScheme returns the types the operator reads and writes as typed objects: its own
@@ -41,36 +42,60 @@ func newScheme(adds ...func(*runtime.Scheme) error) (*runtime.Scheme, error) {
 }
 
 // ManagerOptions is the manager configuration the reconcilers rely on, shared by the
-// operator binary and the integration tests. The cache holds only objects Capstan owns
-// (by its managed-by label), so its memory does not grow with the cluster; the
-// MeshControlPlane, which the user creates, is the exception. Owned kinds are read as
-// unstructured objects, the shape the charts render to.
-//
-// Namespaces are cached as metadata only, all of them: the control-plane namespace may be
-// one the user made, and a few hundred bytes a namespace keeps even large clusters cheap.
-//
-// Secrets are cached only in secretNamespaces (all namespaces when none is given), the
-// namespaces the operator is granted Secrets in.
+// operator binary and the integration tests. The cache is declared kind by kind (see
+// CacheByObject); the managed-by filter stays as the default only as a safety net for a
+// kind someone forgets to declare.
 func ManagerOptions(scheme *runtime.Scheme, secretNamespaces ...string) ctrl.Options {
-	secrets := cache.ByObject{}
+	return ctrl.Options{
+		Scheme: scheme,
+		Cache: cache.Options{
+			DefaultLabelSelector: ownedSelector,
+			ByObject:             CacheByObject(secretNamespaces...),
+		},
+		Client: client.Options{Cache: &client.CacheOptions{Unstructured: true}},
+	}
+}
+
+// ownedSelector selects the objects Capstan wrote.
+var ownedSelector = labels.SelectorFromSet(labels.Set{apply.ManagedByLabel: apply.ManagedByValue})
+
+// CacheByObject says, for every kind the operator reads through its cache, which objects
+// the cache holds and in what shape:
+//
+//   - every kind Istio's charts render (render.Kinds): Capstan's objects only, by the
+//     managed-by label, so memory does not grow with the cluster; read as unstructured
+//     objects, the shape the charts render to (CRDs as metadata only);
+//   - Namespaces: every one, as metadata only: the control-plane namespace may be one the
+//     user made, the CA reads whether a namespace is terminating, and the data plane reads
+//     their labels; a few hundred bytes a namespace keeps large clusters cheap;
+//   - Pods: every one, as metadata only with managed fields stripped, for the data plane's
+//     view of which pods carry which sidecar. An informer starts only when something
+//     reads the kind, so this costs nothing until then;
+//   - the MeshControlPlane, which the user creates: all of them (there is one);
+//   - Secrets: Capstan's own, in secretNamespaces only (every namespace when none is
+//     given), the namespaces the operator is granted Secrets in.
+func CacheByObject(secretNamespaces ...string) map[client.Object]cache.ByObject {
+	secrets := cache.ByObject{Label: ownedSelector}
 	if len(secretNamespaces) > 0 {
 		secrets.Namespaces = map[string]cache.Config{}
 		for _, ns := range secretNamespaces {
 			secrets.Namespaces[ns] = cache.Config{}
 		}
 	}
-	return ctrl.Options{
-		Scheme: scheme,
-		Cache: cache.Options{
-			DefaultLabelSelector: labels.SelectorFromSet(labels.Set{apply.ManagedByLabel: apply.ManagedByValue}),
-			ByObject: map[client.Object]cache.ByObject{
-				&meshv1.MeshControlPlane{}: {Label: labels.Everything()},
-				&corev1.Secret{}:           secrets,
-				// Every namespace, as metadata only: the control-plane namespace may be the
-				// user's, and whether it exists is read on every reconcile.
-				metadataOf(namespaceGVK): {Label: labels.Everything(), Transform: cache.TransformStripManagedFields()},
-			},
-		},
-		Client: client.Options{Cache: &client.CacheOptions{Unstructured: true}},
+	everything := cache.ByObject{Label: labels.Everything(), Transform: cache.TransformStripManagedFields()}
+	by := map[client.Object]cache.ByObject{
+		&meshv1.MeshControlPlane{}: {Label: labels.Everything()},
+		&corev1.Secret{}:           secrets,
+		metadataOf(podGVK):         everything,
+		metadataOf(namespaceGVK):   everything,
 	}
+	for _, k := range render.Kinds {
+		if k.GroupVersionKind == namespaceGVK {
+			continue
+		}
+		by[watchedObject(k)] = cache.ByObject{Label: ownedSelector}
+	}
+	return by
 }
+
+var podGVK = corev1.SchemeGroupVersion.WithKind("Pod")

@@ -5,7 +5,6 @@ package controllers
 import (
 	"context"
 	"sync"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -22,7 +21,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
@@ -61,17 +59,18 @@ type MeshControlPlaneReconciler struct {
 	// KubeVersion is the server's version, given to the charts as helm install would.
 	KubeVersion string
 
+	// OperatorNamespace is where the operator runs: never a control-plane namespace.
+	// Empty when unknown.
+	OperatorNamespace string
+
 	// crdGenerations remembers the generation of each CRD as Capstan last applied it.
 	// CRDs are cached as metadata only, so an edit to one shows as a new generation.
 	crdGenerations sync.Map
-	// watches says which managed kinds are watched, and starts the optional ones.
-	watches *kindWatches
 }
 
 // SetupWithManager registers the reconciler. Every kind Capstan renders is watched, as
-// Capstan's objects only (the cache is filtered by the managed-by label), so a change to
-// any of them reconciles the one MeshControlPlane; there is no periodic re-apply. Optional
-// kinds are watched from the moment Capstan has objects of them (see kindWatches).
+// Capstan's objects only (see ManagerOptions), so a change to any of them reconciles the
+// one MeshControlPlane; there is no periodic re-apply.
 func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshcontrolplane").
@@ -85,38 +84,16 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// The CA controller's cacerts Secret gates istiod's first start (see awaitCA).
 	b = b.Watches(&corev1.Secret{}, toSingleton, builder.WithPredicates(owned))
 	for _, k := range render.Kinds {
-		if k.Optional() {
-			continue
-		}
-		if isCRD(k) {
+		switch {
+		case isCRD(k):
 			b = b.WatchesMetadata(crdMetadata(), toSingleton, builder.WithPredicates(owned, crdDriftVisible))
-			continue
-		}
-		if metadataOnly(k) {
+		case metadataOnly(k):
 			b = b.WatchesMetadata(metadataOf(k.GroupVersionKind), toSingleton, builder.WithPredicates(owned))
-			continue
+		default:
+			b = b.Watches(watchedObject(k), toSingleton, builder.WithPredicates(owned))
 		}
-		b = b.Watches(watchedObject(k), toSingleton, builder.WithPredicates(owned))
 	}
-	c, err := b.Build(r)
-	if err != nil {
-		return err
-	}
-	r.watches = newKindWatches(r.APIReader, func(ctx context.Context, k render.Kind) error {
-		src := source.Kind[client.Object](mgr.GetCache(), watchedObject(k), toSingleton, owned)
-		if err := c.Watch(src); err != nil {
-			return err
-		}
-		// A cache that cannot sync (the operator may not list the kind) fails this
-		// reconcile, which is retried with backoff; the retry registers the watch again.
-		sctx, cancel := context.WithTimeout(ctx, watchSyncTimeout)
-		defer cancel()
-		if err := src.WaitForSync(sctx); err != nil {
-			return err
-		}
-		return ctx.Err() // WaitForSync reports a cancelled context (the operator stopping) as synced
-	})
-	return mgr.Add(r.watches)
+	return b.Complete(r)
 }
 
 // crdDriftVisible passes the CRD updates in which Capstan can see drift: a new generation
@@ -125,9 +102,6 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 // times (names accepted, established): Istio's fifteen CRDs would each time reconcile
 // the whole control plane for nothing. Creations and deletions always pass.
 var crdDriftVisible = predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{})
-
-// watchSyncTimeout bounds how long a reconcile waits for a newly watched kind's cache.
-const watchSyncTimeout = time.Minute
 
 // watchedObject is the empty object of a kind that Capstan's cache holds it as.
 func watchedObject(k render.Kind) client.Object {
@@ -141,55 +115,72 @@ func watchedObject(k render.Kind) client.Object {
 
 // Reconcile runs the phases of the MeshControlPlane's life and writes its status once, at
 // the end.
-func (r *MeshControlPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
+func (r *MeshControlPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	mcp := &meshv1.MeshControlPlane{}
 	if err := r.Get(ctx, req.NamespacedName, mcp); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	s := &scope{mcp: mcp, before: mcp.DeepCopy()}
-
 	phases := r.reconcileNormal()
 	if !mcp.DeletionTimestamp.IsZero() {
 		phases = r.reconcileDelete()
 	}
-	defer func() {
-		if s.released {
-			return
+	res, err := r.runPhases(ctx, s, phases)
+	if s.released {
+		return res, err
+	}
+	r.summarize(ctx, s)
+	if serr := r.patchStatus(ctx, s); serr != nil && err == nil {
+		err = serr
+	}
+	return res, err
+}
+
+// runPhases runs phases in order until one fails, stops the reconcile or asks for a
+// requeue. An error a phase returns without reporting it becomes the failure, with the
+// phase's reason: every error reaches the Degraded condition.
+func (r *MeshControlPlaneReconciler) runPhases(ctx context.Context, s *scope, phases []phase) (ctrl.Result, error) {
+	for _, p := range phases {
+		res, err := p.run(ctx, s)
+		if err != nil && s.failure == nil {
+			s.fail(p.reason, err, false)
 		}
-		r.summarize(ctx, s)
-		if err := r.patchStatus(ctx, s); err != nil && retErr == nil {
-			retErr = err
+		if s.failure != nil {
+			s.failure.phase = p.name
 		}
-	}()
-	for _, phase := range phases {
-		res, err := phase(ctx, s)
 		if err != nil || s.stop {
+			if s.failure != nil {
+				log.FromContext(ctx).V(1).Info("phase failed", "phase", p.name, "reason", s.failure.reason)
+			}
 			return res, err
 		}
 		if !res.IsZero() {
 			return res, nil
 		}
 	}
+	s.completed = true
 	return ctrl.Result{}, nil
 }
 
-func (r *MeshControlPlaneReconciler) reconcileNormal() []phaseFunc {
-	return []phaseFunc{
-		r.ensureFinalizer,
-		r.plan,
-		r.watchKinds,
-		r.ensureNamespace,
-		r.awaitCA,
-		r.applyObjects,
-		r.prune,
-		r.observe,
+// reconcileNormal is the life of a MeshControlPlane: plan and render every unit, read what
+// is installed, then apply, prune and observe.
+func (r *MeshControlPlaneReconciler) reconcileNormal() []phase {
+	return []phase{
+		{"ensureFinalizer", meshv1.ReasonFinalizerFailed, r.ensureFinalizer},
+		{"plan", meshv1.ReasonRenderFailed, r.plan},
+		{"inventory", meshv1.ReasonInventoryFailed, r.inventory},
+		{"ensureNamespace", meshv1.ReasonNamespaceFailed, r.ensureNamespace},
+		{"awaitCA", meshv1.ReasonCACheckFailed, r.awaitCA},
+		{"applyObjects", meshv1.ReasonApplyFailed, r.applyObjects},
+		{"prune", meshv1.ReasonPruneFailed, r.prune},
+		{"observe", meshv1.ReasonObserveFailed, r.observe},
 	}
 }
 
-func (r *MeshControlPlaneReconciler) reconcileDelete() []phaseFunc {
-	return []phaseFunc{
-		r.removeInstalled,
-		r.releaseFinalizer,
+func (r *MeshControlPlaneReconciler) reconcileDelete() []phase {
+	return []phase{
+		{"removeInstalled", meshv1.ReasonUninstallFailed, r.removeInstalled},
+		{"releaseFinalizer", meshv1.ReasonFinalizerFailed, r.releaseFinalizer},
 	}
 }
 

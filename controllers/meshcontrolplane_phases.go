@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -24,12 +25,21 @@ import (
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/plan"
 	"github.com/capstan-mesh/capstan/internal/render"
-	"github.com/capstan-mesh/capstan/internal/values"
 )
 
 // phaseFunc is one step of a reconcile. It sets s.stop to end the reconcile early.
 type phaseFunc func(context.Context, *scope) (ctrl.Result, error)
+
+// phase is a named step of a reconcile. An error it returns, unless it already reported
+// the failure itself (scope.fail), is reported with reason: no error ever reaches status
+// as success.
+type phase struct {
+	name   string
+	reason string
+	run    phaseFunc
+}
 
 // scope is what the phases of one reconcile share.
 type scope struct {
@@ -37,7 +47,11 @@ type scope struct {
 	before *meshv1.MeshControlPlane
 
 	namespace string
-	desired   []render.Object
+	plan      plan.Plan
+	// desired are the rendered objects of every unit, in apply order.
+	desired []render.Object
+	// live are the objects Capstan's controllers wrote, as the cache holds them.
+	live []apply.Live
 	// keep are objects Capstan owns that are not rendered but must not be pruned (the
 	// control-plane namespace it created).
 	keep []apply.Ref
@@ -49,6 +63,10 @@ type scope struct {
 	written map[apply.Ref]*unstructured.Unstructured
 	failure *failure
 	stop    bool
+	// completed is set once every phase ran without a failure.
+	completed bool
+	// observed is set once observe read the components' state into status.
+	observed bool
 	// awaitingCA: istiod is held back until the mesh CA is issued.
 	awaitingCA bool
 	// released is set once the finalizer is gone and the object may no longer exist.
@@ -61,6 +79,8 @@ type failure struct {
 	message string
 	// terminal failures wait for a spec change; others are retried with backoff.
 	terminal bool
+	// phase is the name of the phase that failed.
+	phase string
 }
 
 func (s *scope) fail(reason string, err error, terminal bool) {
@@ -82,20 +102,16 @@ func (r *MeshControlPlaneReconciler) ensureFinalizer(ctx context.Context, s *sco
 	return ctrl.Result{}, nil
 }
 
-// plan turns the spec into the objects to apply. It touches nothing in the cluster: a spec
-// the charts reject stops here, and what runs keeps running.
+// plan turns the spec into units and renders each. It touches nothing in the cluster: a
+// spec the charts reject stops here, and what runs keeps running.
 func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Result, error) {
-	spec := &s.mcp.Spec
-	s.namespace = spec.Namespace
-	if s.namespace == "" {
-		s.namespace = "istio-system"
-	}
-	vals, err := values.For(spec)
+	p, err := plan.For(&s.mcp.Spec)
 	if err != nil {
 		s.fail(meshv1.ReasonInvalidSpec, err, true)
 		return ctrl.Result{}, nil
 	}
-	objs, err := render.Render(render.Input{Values: vals, Namespace: s.namespace, KubeVersion: r.KubeVersion, Revision: apply.DefaultRevision})
+	s.plan, s.namespace = p, p.Namespace
+	objs, err := p.Render(r.KubeVersion)
 	if err != nil {
 		s.fail(meshv1.ReasonRenderFailed, fmt.Errorf("spec.values or the typed fields give values Istio's charts reject (nothing was changed): %w", err), true)
 		return ctrl.Result{}, nil
@@ -104,11 +120,41 @@ func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Res
 	return ctrl.Result{}, nil
 }
 
-// watchKinds starts watching the optional kinds the render contains and Capstan does not
-// watch yet, before any object of theirs is read or written: drift in them must reach
-// the controller, and prune must find them in the cache.
-func (r *MeshControlPlaneReconciler) watchKinds(ctx context.Context, s *scope) (ctrl.Result, error) {
-	return ctrl.Result{}, r.watches.ensure(ctx, s.desired)
+// inventory reads what Capstan's controllers wrote, and refuses to go on when the
+// install's objects live in another namespace than the spec names: spec.namespace was
+// changed under a running control plane (admission refuses that now, but not for objects
+// stored before the rule). Applying would start a second istiod without its CA, and
+// pruning would delete the running one.
+func (r *MeshControlPlaneReconciler) inventory(ctx context.Context, s *scope) (ctrl.Result, error) {
+	live, err := r.listOwned(ctx)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	s.live = live
+	if l, moved := movedFrom(live, s.namespace); moved {
+		s.fail(meshv1.ReasonNamespaceChanged, fmt.Errorf(
+			"spec.namespace: the control plane runs in namespace %s (%s), and spec.namespace says %s; a control plane cannot move in place. Set spec.namespace back to %s, or delete this MeshControlPlane (Istio's CRDs and your Istio objects are kept) and create it again with namespace %s. Nothing was changed",
+			l, s.namespace, s.namespace, l, s.namespace), true)
+	}
+	return ctrl.Result{}, nil
+}
+
+// movedFrom says whether the install's objects show a control plane in another namespace
+// than ns, and which: a namespaced object of the install there, or the control-plane
+// namespace Capstan created for it (which holds the CA's root key).
+func movedFrom(live []apply.Live, ns string) (string, bool) {
+	for _, l := range live {
+		if l.Writer != apply.WriterInstall {
+			continue
+		}
+		if l.Namespace != "" && l.Namespace != ns {
+			return l.Namespace, true
+		}
+		if l.Namespace == "" && l.Component == apply.NamespaceComponent && l.GVK.Kind == "Namespace" && l.Name != ns {
+			return l.Name, true
+		}
+	}
+	return "", false
 }
 
 // ensureNamespace creates the control-plane namespace when it is missing. A namespace the
@@ -125,13 +171,10 @@ func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *sco
 		return ctrl.Result{}, nil
 	}
 	if !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, err
+		return ctrl.Result{}, fmt.Errorf("reading namespace %s: %w", s.namespace, err)
 	}
-	created := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: s.namespace, Labels: map[string]string{
-		apply.ManagedByLabel: apply.ManagedByValue,
-		apply.ComponentLabel: apply.NamespaceComponent,
-		apply.RevisionLabel:  apply.DefaultRevision,
-	}}}
+	created := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: s.namespace,
+		Labels: apply.Inventory{Component: apply.NamespaceComponent, Writer: apply.WriterInstall}.Labels()}}
 	switch err := r.Create(ctx, created); {
 	case apierrors.IsAlreadyExists(err):
 		// The cache has not seen it yet. Whose it is, the next reconcile reads from the
@@ -150,14 +193,12 @@ func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *sco
 // awaitCA holds back istiod's first start until the CA controller has written the cacerts
 // Secret: istiod decides once, at start, between the plugged-in CA and a self-signed one of
 // its own, and a mesh started on the latter would need a disruptive switch. Everything
-// else is applied meanwhile. Once istiod runs, it is never held back again.
+// else is applied meanwhile. Once an istiod runs, it is never held back again.
 func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctrl.Result, error) {
-	dep := &unstructured.Unstructured{}
-	dep.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
-	if err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: "istiod"}, dep); err == nil {
+	if slices.ContainsFunc(s.live, func(l apply.Live) bool {
+		return l.Writer == apply.WriterInstall && l.Component == render.Istiod.Name && l.GVK.Kind == "Deployment"
+	}) {
 		return ctrl.Result{}, nil
-	} else if !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, err
 	}
 	cacerts := &corev1.Secret{}
 	err := r.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: CACertsSecret}, cacerts)
@@ -177,9 +218,9 @@ func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctr
 	return ctrl.Result{}, nil
 }
 
-// isIstiod says whether a rendered object is istiod's Deployment, which awaitCA holds back.
+// isIstiod says whether a rendered object is an istiod Deployment, which awaitCA holds back.
 func isIstiod(o render.Object) bool {
-	return o.GetKind() == "Deployment" && o.GetName() == "istiod"
+	return o.GetKind() == "Deployment" && o.Component == render.Istiod.Name
 }
 
 // applyObjects server-side applies each rendered object that is missing or has drifted,
@@ -202,7 +243,7 @@ func (r *MeshControlPlaneReconciler) applyObjects(ctx context.Context, s *scope)
 	for _, o := range s.desired {
 		d, err := r.drifted(ctx, o.Unstructured)
 		if err != nil {
-			return ctrl.Result{}, err
+			return ctrl.Result{}, fmt.Errorf("reading %s to compare it with the render: %w", apply.RefOf(o.Unstructured), err)
 		}
 		if d == apply.InSync {
 			continue
@@ -330,18 +371,18 @@ func rejected(err error) bool {
 // the apiserver would encode and Capstan decode on every install. A metadata-only answer
 // is returned as an object that holds only its metadata.
 //
-// The apiserver is asked not to check the body for fields it does not know
-// (fieldValidation=Ignore): the render has already decoded every object strictly against
-// the same Kubernetes types and refused any such field (render.checkFields). Left on, the
-// check is a second YAML parse of every body, as costly as the first: about a tenth of a
-// second of the apiserver's CPU for Istio's CRDs, on the path of every install.
+// The apiserver judges every field (fieldValidation=Strict): a field its schema does not
+// know, such as a misspelt key in spec.values that a chart passes through, is refused with
+// its path rather than dropped with a warning. The server's schema is the judge, not the
+// types Capstan was compiled with: a newer server accepts newer fields, an older one
+// refuses what it lacks instead of dropping it.
 func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, desired render.Object, dryRun bool) (*unstructured.Unstructured, error) {
 	body, err := desired.JSON()
 	if err != nil {
 		return nil, err
 	}
 	patch := client.RawPatch(types.ApplyPatchType, body)
-	opts := []client.PatchOption{client.FieldOwner(apply.FieldManager), client.ForceOwnership, client.FieldValidation(metav1.FieldValidationIgnore)}
+	opts := []client.PatchOption{client.FieldOwner(apply.FieldManager), client.ForceOwnership, client.FieldValidation(metav1.FieldValidationStrict)}
 	if dryRun {
 		opts = append(opts, client.DryRunAll)
 	}
@@ -371,7 +412,11 @@ func (r *MeshControlPlaneReconciler) applyOne(ctx context.Context, desired rende
 func (r *MeshControlPlaneReconciler) applyFailed(s *scope, o *unstructured.Unstructured, err error) (ctrl.Result, error) {
 	ref := apply.RefOf(o)
 	if rejected(err) {
-		s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("the apiserver rejects the rendered %s, so nothing was changed; check spec.values and spec.components: %w", ref, err), true)
+		outcome := "so nothing was changed"
+		if s.mcp.Status.Version == "" {
+			outcome = "so the install stopped there"
+		}
+		s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("the apiserver rejects the rendered %s, %s; check spec.values and spec.components: %w", ref, outcome, err), true)
 		return ctrl.Result{}, nil
 	}
 	s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("applying %s: %w", ref, err), false)
@@ -404,21 +449,25 @@ func (r *MeshControlPlaneReconciler) drifted(ctx context.Context, desired *unstr
 	return d, nil
 }
 
-// prune deletes the objects Capstan owns that the render no longer contains. CRDs are
-// never pruned: deleting one deletes every object of its kind.
+// prune deletes, within each planned unit, the install's objects the render no longer
+// contains. It never touches another controller's objects, nor a unit the plan does not
+// name. CRDs are never pruned: deleting one deletes every object of its kind.
 func (r *MeshControlPlaneReconciler) prune(ctx context.Context, s *scope) (ctrl.Result, error) {
-	live, err := r.listOwned(ctx)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
 	desired := slices.Clone(s.keep)
 	for _, o := range s.desired {
 		desired = append(desired, apply.RefOf(o.Unstructured))
 	}
-	for _, ref := range apply.Prunable(desired, live, rankOf, apply.PruneOptions{KeepCRDs: true}) {
+	units := []apply.Unit{{Component: apply.NamespaceComponent}}
+	for _, u := range s.plan.Units {
+		units = append(units, u.Key())
+	}
+	if s.awaitingCA {
+		// istiod's Deployment is held back, not dropped from the plan.
+		desired = append(desired, s.heldBack()...)
+	}
+	for _, ref := range apply.Prunable(desired, s.live, rankOf, apply.PruneOptions{Writer: apply.WriterInstall, Units: units, KeepCRDs: true}) {
 		if err := r.deleteRef(ctx, ref); err != nil {
-			s.fail(meshv1.ReasonApplyFailed, fmt.Errorf("pruning %s: %w", ref, err), false)
-			return ctrl.Result{}, err
+			return ctrl.Result{}, fmt.Errorf("pruning %s: %w", ref, err)
 		}
 		log.FromContext(ctx).Info("pruned", "object", ref.String())
 		s.applied = append(s.applied, ref)
@@ -426,34 +475,66 @@ func (r *MeshControlPlaneReconciler) prune(ctx context.Context, s *scope) (ctrl.
 	return ctrl.Result{}, nil
 }
 
-// observe reads the components' readiness into status. A Deployment written in this
-// reconcile is judged by the apiserver's answer to that write, never by the cache, which
-// may still hold the previous spec with all its replicas available.
+// heldBack are the istiod Deployments awaitCA holds back: not applied yet, and not to be
+// pruned either.
+func (s *scope) heldBack() []apply.Ref {
+	var refs []apply.Ref
+	for _, l := range s.live {
+		if l.Writer == apply.WriterInstall && l.Component == render.Istiod.Name && l.GVK.Kind == "Deployment" {
+			refs = append(refs, l.Ref)
+		}
+	}
+	return refs
+}
+
+// observe reads the readiness of every Deployment of the install into status: those the
+// cluster holds and those the plan wants. A Deployment written in this reconcile is judged
+// by the apiserver's answer to that write, never by the cache, which may still hold the
+// previous spec with all its replicas available. It runs after a failure too, for Ready
+// says whether the last good state still serves.
 func (r *MeshControlPlaneReconciler) observe(ctx context.Context, s *scope) (ctrl.Result, error) {
 	gvk := appsv1.SchemeGroupVersion.WithKind("Deployment")
-	ref := apply.Ref{GVK: gvk}
-	ref.Namespace, ref.Name = s.namespace, "istiod"
-	cs := meshv1.ComponentStatus{Name: "istiod"}
-	var err error
-	dep := s.written[ref]
-	if dep == nil {
-		dep = &unstructured.Unstructured{}
-		dep.SetGroupVersionKind(gvk)
-		err = r.Get(ctx, ref.NamespacedName, dep)
+	refs := map[apply.Ref]bool{}
+	l := &unstructured.UnstructuredList{}
+	l.SetGroupVersionKind(gvk.GroupVersion().WithKind("DeploymentList"))
+	if err := r.List(ctx, l, client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing the control plane's Deployments: %w", err)
 	}
-	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		return ctrl.Result{}, err
-	default:
+	live := map[apply.Ref]*unstructured.Unstructured{}
+	for i := range l.Items {
+		d := &l.Items[i]
+		if inv, ok := apply.InventoryOf(d.GetLabels()); ok && inv.Writer == apply.WriterInstall && d.GetDeletionTimestamp() == nil {
+			ref := apply.RefOf(d)
+			refs[ref], live[ref] = true, d
+		}
+	}
+	if s.failure == nil {
+		// After a failure, Ready asks whether what was applied before serves: a Deployment
+		// the failed change would have added is not part of that.
+		for _, o := range s.desired {
+			if o.GetKind() == "Deployment" {
+				refs[apply.RefOf(o.Unstructured)] = true
+			}
+		}
+	}
+	var components []meshv1.ComponentStatus
+	for _, ref := range slices.SortedFunc(maps.Keys(refs), func(a, b apply.Ref) int { return strings.Compare(a.String(), b.String()) }) {
+		dep := s.written[ref]
+		if dep == nil {
+			dep = live[ref]
+		}
+		if dep == nil {
+			components = append(components, meshv1.ComponentStatus{Name: ref.Name, DesiredReplicas: 1})
+			continue
+		}
 		d := &appsv1.Deployment{}
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(dep.Object, d); err != nil {
-			return ctrl.Result{}, fmt.Errorf("reading Deployment %s/istiod: %w", s.namespace, err)
+			return ctrl.Result{}, fmt.Errorf("reading %s: %w", ref, err)
 		}
-		cs = deploymentStatus("istiod", d)
+		components = append(components, deploymentStatus(ref.Name, d))
 	}
-	s.mcp.Status.Components = []meshv1.ComponentStatus{cs}
-	s.mcp.Status.Version = s.mcp.Spec.Version
+	s.mcp.Status.Components = components
+	s.observed = true
 	return ctrl.Result{}, nil
 }
 
@@ -486,7 +567,7 @@ func (r *MeshControlPlaneReconciler) removeInstalled(ctx context.Context, s *sco
 	}
 	keepCRDs := s.mcp.Spec.Uninstall == nil || !s.mcp.Spec.Uninstall.RemoveCRDs
 	var errs []error
-	for _, ref := range apply.Prunable(nil, live, rankOf, apply.PruneOptions{KeepCRDs: keepCRDs}) {
+	for _, ref := range apply.Prunable(nil, live, rankOf, apply.PruneOptions{Writer: apply.WriterInstall, KeepCRDs: keepCRDs}) {
 		if err := r.deleteRef(ctx, ref); err != nil {
 			errs = append(errs, fmt.Errorf("deleting %s: %w", ref, err))
 		}
@@ -509,46 +590,38 @@ func (r *MeshControlPlaneReconciler) releaseFinalizer(ctx context.Context, s *sc
 	return ctrl.Result{}, nil
 }
 
-// listOwned lists, from the cache, every object carrying Capstan's inventory labels that is
-// not already being deleted. Capstan owns objects only of the kinds it watches; the first
-// call of a process also looks in the cluster for objects of optional kinds it does not
-// watch yet (see kindWatches).
-func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Ref, error) {
-	if err := r.watches.checkCluster(ctx); err != nil {
-		return nil, err
-	}
+// listOwned lists, from the cache, every object of a managed kind that carries Capstan's
+// inventory labels and is not already being deleted.
+func (r *MeshControlPlaneReconciler) listOwned(ctx context.Context) ([]apply.Live, error) {
 	sel := client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue}
-	var refs []apply.Ref
-	for _, k := range r.watches.kinds() {
+	var out []apply.Live
+	add := func(k render.Kind, o metav1.Object) {
+		if inv, ok := apply.InventoryOf(o.GetLabels()); ok && o.GetDeletionTimestamp() == nil {
+			out = append(out, apply.Live{Ref: refFor(k, o), Inventory: inv})
+		}
+	}
+	for _, k := range render.Kinds {
 		if metadataOnly(k) {
 			l := &metav1.PartialObjectMetadataList{}
 			l.SetGroupVersionKind(k.GroupVersion().WithKind(k.Kind + "List"))
 			if err := r.List(ctx, l, sel); err != nil {
-				return nil, fmt.Errorf("listing %s: %w", k.Kind, err)
+				return nil, fmt.Errorf("listing %s objects: %w", k.Kind, err)
 			}
 			for i := range l.Items {
-				if deletable(&l.Items[i]) {
-					refs = append(refs, refFor(k, &l.Items[i]))
-				}
+				add(k, &l.Items[i])
 			}
 			continue
 		}
 		l := &unstructured.UnstructuredList{}
 		l.SetGroupVersionKind(k.GroupVersion().WithKind(k.Kind + "List"))
 		if err := r.List(ctx, l, sel); err != nil {
-			return nil, fmt.Errorf("listing %s: %w", k.Kind, err)
+			return nil, fmt.Errorf("listing %s objects: %w", k.Kind, err)
 		}
 		for i := range l.Items {
-			if deletable(&l.Items[i]) {
-				refs = append(refs, refFor(k, &l.Items[i]))
-			}
+			add(k, &l.Items[i])
 		}
 	}
-	return refs, nil
-}
-
-func deletable(o metav1.Object) bool {
-	return apply.Owned(o.GetLabels()) && o.GetDeletionTimestamp() == nil
+	return out, nil
 }
 
 func refFor(k render.Kind, o metav1.Object) apply.Ref {

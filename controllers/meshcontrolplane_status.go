@@ -14,21 +14,31 @@ import (
 )
 
 // summarize sets the conditions from what the phases did and found, and emits the events
-// that say what changed.
+// that say what changed. observedGeneration moves only when this generation was really
+// reconciled: every phase ran, or the spec was found wanting (a terminal failure, which
+// only a new generation can mend). A transient failure leaves it where it was.
 func (r *MeshControlPlaneReconciler) summarize(ctx context.Context, s *scope) {
 	mcp := s.mcp
-	mcp.Status.ObservedGeneration = mcp.Generation
+	f := s.failure
+	if s.completed || (f != nil && f.terminal) {
+		mcp.Status.ObservedGeneration = mcp.Generation
+	}
 	if !mcp.DeletionTimestamp.IsZero() {
-		if s.failure != nil {
-			setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionTrue, s.failure.reason, s.failure.message)
+		if f != nil {
+			setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionTrue, f.reason, f.message)
 		}
 		return
 	}
 
-	if f := s.failure; f != nil {
+	if f != nil {
 		wasDegraded := meta.IsStatusConditionTrue(s.before.Status.Conditions, meshv1.ConditionDegraded)
 		setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionTrue, f.reason, f.message)
-		setCondition(mcp, meshv1.ConditionReady, metav1.ConditionFalse, f.reason, f.message)
+		if r.servingAfter(ctx, s) {
+			setCondition(mcp, meshv1.ConditionReady, metav1.ConditionTrue, meshv1.ReasonServingPrevious,
+				fmt.Sprintf("the control plane last applied (Istio %s) serves; the declared state is not applied (see condition %s)", mcp.Status.Version, meshv1.ConditionDegraded))
+		} else {
+			setCondition(mcp, meshv1.ConditionReady, metav1.ConditionFalse, f.reason, f.message)
+		}
 		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionFalse, f.reason, "stopped: "+f.message)
 		if !wasDegraded || meta.FindStatusCondition(s.before.Status.Conditions, meshv1.ConditionDegraded).Message != f.message {
 			r.Recorder.Eventf(mcp, nil, corev1.EventTypeWarning, f.reason, "Reconcile", "%s", f.message)
@@ -37,10 +47,15 @@ func (r *MeshControlPlaneReconciler) summarize(ctx context.Context, s *scope) {
 		return
 	}
 
+	if s.completed {
+		mcp.Status.Version = s.plan.Version
+	}
 	setCondition(mcp, meshv1.ConditionDegraded, metav1.ConditionFalse, meshv1.ReasonReconciled, "every object is applied as declared")
 	var waiting []string
 	if s.awaitingCA {
 		waiting = append(waiting, fmt.Sprintf("the mesh CA to write Secret %s/%s before istiod starts (see condition %s)", s.namespace, CACertsSecret, meshv1.ConditionCAReady))
+	} else if len(mcp.Status.Components) == 0 {
+		waiting = append(waiting, "a control-plane component to be installed")
 	}
 	for _, c := range mcp.Status.Components {
 		if !c.Ready {
@@ -60,6 +75,33 @@ func (r *MeshControlPlaneReconciler) summarize(ctx context.Context, s *scope) {
 		setCondition(mcp, meshv1.ConditionProgressing, metav1.ConditionTrue, reason, msg)
 	}
 	r.recordChanges(s)
+}
+
+// servingAfter says, after a failure, whether the control plane last applied is still
+// observed serving: every component Capstan installed is there and ready. It observes
+// what the failed reconcile did not get to; a control plane that cannot be observed does
+// not count as serving.
+func (r *MeshControlPlaneReconciler) servingAfter(ctx context.Context, s *scope) bool {
+	if s.failure.phase == "observe" {
+		s.mcp.Status.Components = s.before.Status.Components
+		return false
+	}
+	if !s.observed {
+		if _, err := r.observe(ctx, s); err != nil {
+			log.FromContext(ctx).V(1).Info("cannot observe the control plane after a failure", "error", err.Error())
+			s.mcp.Status.Components = s.before.Status.Components
+			return false
+		}
+	}
+	if s.mcp.Status.Version == "" || len(s.mcp.Status.Components) == 0 {
+		return false
+	}
+	for _, c := range s.mcp.Status.Components {
+		if !c.Ready {
+			return false
+		}
+	}
+	return true
 }
 
 // recordChanges emits one event for what this reconcile wrote: a first install, an

@@ -267,4 +267,17 @@ const (
 	ReasonUpdated            = "Updated"
 	ReasonDriftReverted      = "DriftReverted"
 	ReasonUninstalled        = "Uninstalled"
+	// ReasonServingPrevious: the declared state cannot be reached, but the control plane
+	// last applied is observed serving (Ready=True beside Degraded=True).
+	ReasonServingPrevious = "ServingPreviousState"
+	// ReasonNamespaceChanged: spec.namespace differs from where the control plane runs.
+	ReasonNamespaceChanged = "NamespaceChanged"
+	// Reasons of the install's phases, when one of them fails (see the controller's
+	// reconcileNormal): each names the step that could not be done.
+	ReasonFinalizerFailed = "FinalizerFailed"
+	ReasonInventoryFailed = "InventoryFailed"
+	ReasonNamespaceFailed = "NamespaceFailed"
+	ReasonCACheckFailed   = "CACheckFailed"
+	ReasonPruneFailed     = "PruneFailed"
+	ReasonObserveFailed   = "ObserveFailed"
 )

@@ -9,6 +9,9 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// istiodInv is the inventory of the default revision's istiod unit.
+var istiodInv = Inventory{Component: "istiod", Revision: DefaultRevision, Writer: WriterInstall}
+
 func obj(t *testing.T, y string) *unstructured.Unstructured {
 	t.Helper()
 	u := &unstructured.Unstructured{}
@@ -35,7 +38,7 @@ spec:
 
 func TestCompare(t *testing.T) {
 	desired := obj(t, deployment)
-	Stamp(desired, "istiod", DefaultRevision)
+	Stamp(desired, istiodInv)
 	hash := desired.GetAnnotations()[ConfigHashAnnot]
 	live := func(body string) *unstructured.Unstructured {
 		u := obj(t, body)
@@ -115,7 +118,7 @@ spec:
 
 func TestCompareOnMetadata(t *testing.T) {
 	desired := obj(t, `{apiVersion: v1, kind: ConfigMap, metadata: {name: istio, namespace: istio-system}, data: {mesh: "a: 1"}}`)
-	Stamp(desired, "istiod", DefaultRevision)
+	Stamp(desired, istiodInv)
 	tests := map[string]struct {
 		mutate func(*unstructured.Unstructured)
 		want   Drift
@@ -149,7 +152,7 @@ webhooks:
   failurePolicy: Ignore
   clientConfig: {caBundle: "", service: {name: istiod, namespace: istio-system}}
 `)
-	Stamp(u, "istiod", DefaultRevision)
+	Stamp(u, istiodInv)
 	hooks, _, _ := unstructured.NestedSlice(u.Object, "webhooks")
 	cc := hooks[0].(map[string]any)["clientConfig"].(map[string]any)
 	if _, ok := cc["caBundle"]; ok {
@@ -168,15 +171,15 @@ webhooks:
 
 func TestStampIsStable(t *testing.T) {
 	a, b := obj(t, deployment), obj(t, deployment)
-	Stamp(a, "istiod", "default")
-	Stamp(b, "istiod", "default")
-	Stamp(b, "istiod", "default") // stamping twice must not change the hash
+	Stamp(a, istiodInv)
+	Stamp(b, istiodInv)
+	Stamp(b, istiodInv) // stamping twice must not change the hash
 	if a.GetAnnotations()[ConfigHashAnnot] != b.GetAnnotations()[ConfigHashAnnot] {
 		t.Error("the configuration hash depends on more than the object")
 	}
 	c := obj(t, deployment)
 	_ = unstructured.SetNestedField(c.Object, int64(2), "spec", "replicas")
-	Stamp(c, "istiod", "default")
+	Stamp(c, istiodInv)
 	if a.GetAnnotations()[ConfigHashAnnot] == c.GetAnnotations()[ConfigHashAnnot] {
 		t.Error("a different object has the same hash")
 	}
@@ -184,15 +187,16 @@ func TestStampIsStable(t *testing.T) {
 
 // The hash is stored on every object Capstan applied; if its input changed between
 // versions of Capstan, an upgraded operator would take every object for outdated and
-// write the whole control plane again.
+// write the whole control plane again. (The values changed once, on purpose, when the
+// objects gained the writer label: an upgrade to that version re-applies each object once.)
 func TestConfigHashIsTheOneEarlierVersionsStored(t *testing.T) {
 	tests := map[string]struct {
 		annotations map[string]string
 		want        string
 	}{
-		"no annotations":    {nil, "149b5bedfac0a23b4465f510"},
-		"other annotations": {map[string]string{"x": "y"}, "d82c05f48a5a4d8381a93f75"},
-		"a stale hash":      {map[string]string{ConfigHashAnnot: "old"}, "149b5bedfac0a23b4465f510"},
+		"no annotations":    {nil, "25a0391961fd242a7fccd24e"},
+		"other annotations": {map[string]string{"x": "y"}, "7832730486ecaa59aeb46c44"},
+		"a stale hash":      {map[string]string{ConfigHashAnnot: "old"}, "25a0391961fd242a7fccd24e"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -200,7 +204,7 @@ func TestConfigHashIsTheOneEarlierVersionsStored(t *testing.T) {
 			if tc.annotations != nil {
 				u.SetAnnotations(tc.annotations)
 			}
-			Stamp(u, "istiod", "default")
+			Stamp(u, istiodInv)
 			if got := u.GetAnnotations()[ConfigHashAnnot]; got != tc.want {
 				t.Errorf("hash = %s, want %s", got, tc.want)
 			}
@@ -218,22 +222,41 @@ func TestPrunable(t *testing.T) {
 		return map[string]int{"CustomResourceDefinition": 0, "ConfigMap": 5, "Deployment": 7, "MutatingWebhookConfiguration": 9}[r.GVK.Kind]
 	}
 	cm, dep, hook, crd := ref("ConfigMap", "istio-system", "istio"), ref("Deployment", "istio-system", "istiod"), ref("MutatingWebhookConfiguration", "", "inj"), ref("CustomResourceDefinition", "", "x.istio.io")
+	install := func(r Ref) Live { return Live{Ref: r, Inventory: istiodInv} }
+	base := func(r Ref, rev string) Live {
+		return Live{Ref: r, Inventory: Inventory{Component: "base", Revision: rev, Writer: WriterInstall}}
+	}
+	canary := Live{Ref: ref("Deployment", "istio-system", "istiod-canary"), Inventory: Inventory{Component: "istiod", Revision: "canary", Writer: WriterInstall}}
+	otherWriter := Live{Ref: ref("ConfigMap", "istio-system", "theirs"), Inventory: Inventory{Component: "istiod", Revision: DefaultRevision, Writer: "mtls"}}
+	istiodUnit := []Unit{{Component: "istiod", Revision: DefaultRevision}}
 	tests := map[string]struct {
-		desired, live []Ref
-		opts          PruneOptions
-		want          []Ref
+		desired []Ref
+		live    []Live
+		opts    PruneOptions
+		want    []Ref
 	}{
-		"nothing to prune when live matches the render": {desired: []Ref{cm, dep}, live: []Ref{cm, dep}, want: nil},
-		"an object the render dropped is pruned":        {desired: []Ref{dep}, live: []Ref{cm, dep}, want: []Ref{cm}},
+		"nothing to prune when live matches the render": {desired: []Ref{cm, dep}, live: []Live{install(cm), install(dep)}, want: nil},
+		"an object the render dropped is pruned":        {desired: []Ref{dep}, live: []Live{install(cm), install(dep)}, want: []Ref{cm}},
 		"same name in another namespace is a different object": {
-			desired: []Ref{cm}, live: []Ref{ref("ConfigMap", "old-ns", "istio")}, want: []Ref{ref("ConfigMap", "old-ns", "istio")},
+			desired: []Ref{cm}, live: []Live{install(ref("ConfigMap", "old-ns", "istio"))}, want: []Ref{ref("ConfigMap", "old-ns", "istio")},
 		},
-		"CRDs are kept unless asked":        {desired: nil, live: []Ref{crd, cm}, opts: PruneOptions{KeepCRDs: true}, want: []Ref{cm}},
-		"CRDs go when asked, deleted last":  {desired: nil, live: []Ref{crd, cm}, want: []Ref{cm, crd}},
-		"webhooks go before their backends": {desired: nil, live: []Ref{cm, dep, hook}, want: []Ref{hook, dep, cm}},
+		"CRDs are kept unless asked":        {live: []Live{base(crd, ""), install(cm)}, opts: PruneOptions{KeepCRDs: true}, want: []Ref{cm}},
+		"CRDs go when asked, deleted last":  {live: []Live{base(crd, ""), install(cm)}, want: []Ref{cm, crd}},
+		"webhooks go before their backends": {live: []Live{install(cm), install(dep), install(hook)}, want: []Ref{hook, dep, cm}},
+		"another writer's object is never pruned, even in the same unit": {
+			desired: []Ref{dep}, live: []Live{install(dep), otherWriter}, opts: PruneOptions{Units: istiodUnit}, want: nil,
+		},
+		"another writer's object survives an uninstall": {live: []Live{otherWriter, install(cm)}, want: []Ref{cm}},
+		"pruning one revision leaves another revision's objects": {
+			desired: []Ref{dep}, live: []Live{install(dep), canary}, opts: PruneOptions{Units: istiodUnit}, want: nil,
+		},
+		"a shared unit holds its component's objects of every revision label": {
+			live: []Live{base(crd, ""), base(cm, DefaultRevision), install(dep)}, opts: PruneOptions{Units: []Unit{{Component: "base"}}}, want: []Ref{cm, crd},
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
+			tc.opts.Writer = WriterInstall
 			got := Prunable(tc.desired, tc.live, rank, tc.opts)
 			if len(got) != len(tc.want) {
 				t.Fatalf("Prunable = %v, want %v", got, tc.want)
@@ -242,6 +265,30 @@ func TestPrunable(t *testing.T) {
 				if got[i] != tc.want[i] {
 					t.Fatalf("Prunable = %v, want %v", got, tc.want)
 				}
+			}
+		})
+	}
+}
+
+// Objects written before the writer label existed are read as the writer that made them
+// then, so that an upgraded operator still prunes its own and only its own.
+func TestInventoryOfObjectsWithoutAWriterLabel(t *testing.T) {
+	tests := map[string]struct {
+		labels map[string]string
+		want   Inventory
+		owned  bool
+	}{
+		"a chart object":          {map[string]string{ManagedByLabel: ManagedByValue, ComponentLabel: "istiod", RevisionLabel: "default"}, Inventory{"istiod", "default", WriterInstall}, true},
+		"a CA Secret":             {map[string]string{ManagedByLabel: ManagedByValue, ComponentLabel: "ca"}, Inventory{"ca", "", WriterCA}, true},
+		"a labelled writer wins":  {map[string]string{ManagedByLabel: ManagedByValue, ComponentLabel: "istiod", WriterLabel: "mtls"}, Inventory{"istiod", "", "mtls"}, true},
+		"another manager's":       {map[string]string{ManagedByLabel: "Helm", ComponentLabel: "istiod"}, Inventory{}, false},
+		"managed-by alone is not": {map[string]string{ManagedByLabel: ManagedByValue}, Inventory{}, false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, owned := InventoryOf(tc.labels)
+			if got != tc.want || owned != tc.owned {
+				t.Errorf("InventoryOf = %+v, %t; want %+v, %t", got, owned, tc.want, tc.owned)
 			}
 		})
 	}

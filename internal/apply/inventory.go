@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"maps"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -21,8 +22,10 @@ const (
 	RevisionLabel  = "capstan.dev/revision"
 	// WriterLabel names the Capstan controller that wrote an object: prune and uninstall
 	// of one controller never touch another's objects.
-	WriterLabel        = "capstan.dev/writer"
-	ConfigHashAnnot    = "capstan.dev/config-hash"
+	WriterLabel     = "capstan.dev/writer"
+	ConfigHashAnnot = "capstan.dev/config-hash"
+	// DefaultRevision is the revision of an in-place control plane: istiod's objects are
+	// named without a revision suffix.
 	DefaultRevision    = "default"
 	NamespaceComponent = "namespace"
 )
@@ -54,18 +57,55 @@ func (r Ref) String() string {
 	return r.GVK.Kind + " " + r.Namespace + "/" + r.Name
 }
 
-// Stamp labels a rendered object as Capstan's, for its component and revision, and
-// records a hash of what Capstan wants it to hold. It also drops fields that Istio's
-// control plane fills in at run time, so that applying never takes them back.
-func Stamp(u *unstructured.Unstructured, component, revision string) {
+// Inventory is what the labels of an object Capstan wrote say about it: the unit it
+// belongs to (component and revision) and the controller that wrote it.
+type Inventory struct {
+	// Component is the unit's component: base, istiod, namespace, ca, ...
+	Component string
+	// Revision is the control-plane revision of a per-revision unit; empty for a unit shared
+	// by every revision (base, the namespace, the CA).
+	Revision string
+	// Writer is the controller that wrote the object (WriterInstall, WriterCA).
+	Writer string
+}
+
+// Labels are the inventory labels that mark an object as Capstan's.
+func (inv Inventory) Labels() map[string]string {
+	l := map[string]string{ManagedByLabel: ManagedByValue, ComponentLabel: inv.Component, WriterLabel: inv.Writer}
+	if inv.Revision != "" {
+		l[RevisionLabel] = inv.Revision
+	}
+	return l
+}
+
+// InventoryOf reads the inventory labels of a live object; false when Capstan did not
+// write it. Objects written before the writer label existed carry none: the CA's were
+// then labelled component "ca", and every other one was the install controller's.
+func InventoryOf(labels map[string]string) (Inventory, bool) {
+	if !Owned(labels) {
+		return Inventory{}, false
+	}
+	inv := Inventory{Component: labels[ComponentLabel], Revision: labels[RevisionLabel], Writer: labels[WriterLabel]}
+	if inv.Writer == "" {
+		inv.Writer = WriterInstall
+		if inv.Component == WriterCA {
+			inv.Writer = WriterCA
+		}
+	}
+	return inv, true
+}
+
+// Stamp labels a rendered object as Capstan's, for its unit and writer, and records a hash
+// of what Capstan wants it to hold. It also drops fields that Istio's control plane fills
+// in at run time, so that applying never takes them back.
+func Stamp(u *unstructured.Unstructured, inv Inventory) {
 	dropRuntimeOwnedFields(u)
 	labels := u.GetLabels()
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	labels[ManagedByLabel] = ManagedByValue
-	labels[ComponentLabel] = component
-	labels[RevisionLabel] = revision
+	delete(labels, RevisionLabel)
+	maps.Copy(labels, inv.Labels())
 	u.SetLabels(labels)
 
 	// The hash covers the object as it would be without its hash annotation (and without

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sync/errgroup"
 	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/chart/loader/archive"
 	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
@@ -27,6 +26,7 @@ import (
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/values"
+	"github.com/capstan-mesh/capstan/internal/version"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -50,15 +50,43 @@ type Component struct {
 	ReuseParsed bool
 }
 
-// Components are installed in this order; later issues add gateways and CNI here.
+// The components whose charts Capstan installs; later issues add gateways and node agents.
 var (
 	Base = Component{Name: "base", Chart: "charts/base", ValueKeys: []string{
 		"_internal_defaults_do_not_set", "base", "compatibilityVersion", "defaultRevision",
 		"defaults", "experimental", "global", "platform", "profile",
 	}}
-	Istiod  = Component{Name: "istiod", Chart: "charts/istio-control/istio-discovery", ReuseParsed: true}
-	Install = []Component{Base, Istiod}
+	Istiod = Component{Name: "istiod", Chart: "charts/istio-control/istio-discovery", ReuseParsed: true}
 )
+
+// ChartSource is where the charts of one Istio minor release come from. Capstan embeds the
+// charts of one minor (the istio.io/istio/manifests module it is built with); an image
+// could carry more in a directory, each behind this interface.
+type ChartSource interface {
+	// Minor is the Istio minor release the charts belong to, such as "1.31".
+	Minor() string
+	// FS holds the charts, each in its Component.Chart directory.
+	FS() fs.FS
+}
+
+// embedded is the chart source built into Capstan.
+type embedded struct{}
+
+func (embedded) Minor() string {
+	major, minor, _, _ := version.Parse(version.Embedded)
+	return fmt.Sprintf("%d.%d", major, minor)
+}
+
+func (embedded) FS() fs.FS { return manifests.BuiltinOrDir("") }
+
+// SourceFor returns the charts that install Istio v (x.y.z): the embedded ones for every
+// patch of the embedded minor release; an error naming the supported releases otherwise.
+func SourceFor(v string) (ChartSource, error) {
+	if err := version.Supported(v); err != nil {
+		return nil, err
+	}
+	return embedded{}, nil
+}
 
 // Object is a rendered object and the component that rendered it.
 //
@@ -99,25 +127,38 @@ func decodedAsMetadata(gvk schema.GroupVersionKind) bool {
 	return gvk.Group == "apiextensions.k8s.io" && gvk.Kind == "CustomResourceDefinition"
 }
 
-// Input is everything a render depends on.
+// Input is everything the render of one unit depends on.
 type Input struct {
+	// Component is the chart to render, from Source.
+	Component Component
+	// Source holds the charts of the unit's Istio version.
+	Source    ChartSource
 	Values    map[string]any
 	Namespace string
 	// KubeVersion is the server's version (for example v1.37.1), given to the charts as
 	// .Capabilities.KubeVersion, as helm install would.
 	KubeVersion string
 	// Revision is the control-plane revision the objects are labelled with (see
-	// apply.Stamp); default apply.DefaultRevision.
+	// apply.Stamp); empty for a unit every revision shares, such as base.
 	Revision string
+}
+
+// memoName is the name a unit's renders are remembered under: one list per unit, so that
+// the renders of one revision's istiod never evict another's, nor base's.
+func (in Input) memoName() string {
+	if in.Revision == "" {
+		return in.Component.Name
+	}
+	return in.Component.Name + "/" + in.Revision
 }
 
 // loadChart reads a component's chart out of istio.io/istio/manifests. Charts are loaded
 // for each render rather than kept: loading takes about a millisecond, renders are
 // remembered (see memo), and a loaded chart holds over a megabyte for the operator's life.
-func loadChart(c Component) (*chartv2.Chart, error) {
-	ch, err := load(manifests.BuiltinOrDir(""), c.Chart)
+func loadChart(c Component, src ChartSource) (*chartv2.Chart, error) {
+	ch, err := load(src.FS(), c.Chart)
 	if err != nil {
-		return nil, fmt.Errorf("loading embedded chart %s: %w", c.Chart, err)
+		return nil, fmt.Errorf("loading the Istio %s chart %s: %w", src.Minor(), c.Chart, err)
 	}
 	return ch, nil
 }
@@ -142,16 +183,16 @@ func load(fsys fs.FS, dir string) (*chartv2.Chart, error) {
 	return loader.LoadFiles(files)
 }
 
-// Render renders every component with in.Values and returns the objects in apply order,
+// Render renders one unit's chart with in.Values and returns its objects in apply order,
 // stamped with Capstan's inventory labels and configuration hash (apply.Stamp).
 // Rendering Istio's charts costs a few hundred milliseconds of CPU (mostly YAML: the CRDs
-// pass through the base chart's fromYaml), so each chart's renders of the last few inputs
+// pass through the base chart's fromYaml), so each unit's renders of the last few inputs
 // are kept: a reconcile of an unchanged spec, as every drift repair is, renders nothing,
 // and a change to istiod's settings renders only the istiod chart. The caller owns the
 // returned objects.
 func Render(in Input) ([]Object, error) {
-	if in.Revision == "" {
-		in.Revision = apply.DefaultRevision
+	if in.Source == nil {
+		return nil, fmt.Errorf("chart %s: no chart source", in.Component.Name)
 	}
 	caps := common.DefaultCapabilities.Copy()
 	if in.KubeVersion != "" {
@@ -161,52 +202,34 @@ func Render(in Input) ([]Object, error) {
 		}
 		caps.KubeVersion = *kv
 	}
-	// The charts are independent: render them side by side.
-	results := make([][]Object, len(Install))
-	var g errgroup.Group
-	for i, c := range Install {
-		g.Go(func() error {
-			cin := in
-			cin.Values = c.values(in.Values)
-			key, err := cin.key(c.Name)
-			if err != nil {
-				return err
-			}
-			if objs, ok := memo.get(c.Name, key); ok {
-				results[i] = objs
-				return nil
-			}
-			objs, err := renderComponent(c, cin, caps)
-			if err != nil {
-				return err
-			}
-			memo.put(c.Name, key, objs)
-			// Served from what was remembered, so that a fresh render and a remembered
-			// one give the same objects (CRDs as metadata).
-			if objs, ok := memo.get(c.Name, key); ok {
-				results[i] = objs
-				return nil
-			}
-			results[i] = objs
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	c := in.Component
+	in.Values = c.values(in.Values)
+	name := in.memoName()
+	key, err := in.key()
+	if err != nil {
 		return nil, err
 	}
-	var out []Object
-	for _, objs := range results {
-		out = append(out, objs...)
+	objs, ok := memo.get(name, c.Name, key)
+	if !ok {
+		if objs, err = renderComponent(c, in, caps); err != nil {
+			return nil, err
+		}
+		memo.put(name, key, objs)
+		// Served from what was remembered, so that a fresh render and a remembered one
+		// give the same objects (CRDs as metadata).
+		if remembered, ok := memo.get(name, c.Name, key); ok {
+			objs = remembered
+		}
 	}
-	slices.SortStableFunc(out, func(a, b Object) int { return applyRank(a) - applyRank(b) })
-	return out, nil
+	slices.SortStableFunc(objs, func(a, b Object) int { return applyRank(a) - applyRank(b) })
+	return objs, nil
 }
 
 // renderComponent renders and stamps one chart. The objects are stamped before they are
 // remembered: hashing every object is a good part of the cost of a render, and a
 // remembered render is served many times.
 func renderComponent(c Component, in Input, caps *common.Capabilities) ([]Object, error) {
-	ch, err := loadChart(c)
+	ch, err := loadChart(c, in.Source)
 	if err != nil {
 		return nil, err
 	}
@@ -214,8 +237,9 @@ func renderComponent(c Component, in Input, caps *common.Capabilities) ([]Object
 	if err != nil {
 		return nil, err
 	}
+	inv := apply.Inventory{Component: c.Name, Revision: in.Revision, Writer: apply.WriterInstall}
 	for _, o := range objs {
-		apply.Stamp(o.Unstructured, c.Name, in.Revision)
+		apply.Stamp(o.Unstructured, inv)
 	}
 	return objs, nil
 }
@@ -309,36 +333,35 @@ func copyValues(v map[string]any) map[string]any {
 	return runtime.DeepCopyJSON(v)
 }
 
-// key identifies a chart's input: equal keys render equal objects.
-func (in Input) key(chart string) (string, error) {
+// key identifies a unit's input: equal keys render equal objects.
+func (in Input) key() (string, error) {
 	b, err := json.Marshal(in.Values) // map keys marshal sorted, so this is canonical
 	if err != nil {
 		return "", fmt.Errorf("values: %w", err)
 	}
 	h := sha256.New()
 	h.Write(b)
-	fmt.Fprintf(h, "\x00%s\x00%s\x00%s\x00%s", chart, in.Namespace, in.KubeVersion, in.Revision)
+	fmt.Fprintf(h, "\x00%s\x00%s\x00%s\x00%s\x00%s", in.Component.Name, in.Source.Minor(), in.Namespace, in.KubeVersion, in.Revision)
 	return string(h.Sum(nil)), nil
 }
 
-// memo keeps each chart's renders of the last few inputs, as compressed JSON: Istio's CRDs
+// memo keeps each unit's renders of the last few inputs, as compressed JSON: Istio's CRDs
 // are a megabyte of JSON and a tenth of that compressed, and inflating and decoding cost
-// far less than rendering. Each chart has its own list, so that renders of one chart
+// far less than rendering. Each unit has its own list, so that renders of one unit
 // (istiod's, on every spec change) never evict another's (base, whose CRDs take several
 // times longer to render).
 var memo = &renderMemo{}
 
-// memoSize is how many renders of each chart are kept.
+// memoSize is how many renders of each unit are kept.
 const memoSize = 2
 
 type renderMemo struct {
 	mu     sync.Mutex
-	charts map[string][]memoEntry // most recent last
+	charts map[string][]memoEntry // by unit (Input.memoName), most recent last
 }
 
 // memoEntry is one render: its objects' JSON, one after another, compressed; ends[i] is
-// where object i's JSON ends in the inflated text. The objects' component is the chart's
-// name the entry is kept under.
+// where object i's JSON ends in the inflated text.
 type memoEntry struct {
 	key      string
 	deflated []byte
@@ -347,11 +370,12 @@ type memoEntry struct {
 	headOnly []bool
 }
 
-func (m *renderMemo) get(chart, key string) ([]Object, bool) {
+// get is the unit's remembered render for key, its objects labelled with component.
+func (m *renderMemo) get(unit, component, key string) ([]Object, bool) {
 	m.mu.Lock()
 	var e memoEntry
 	found := false
-	for _, x := range m.charts[chart] {
+	for _, x := range m.charts[unit] {
 		if x.key == key {
 			e, found = x, true
 		}
@@ -378,7 +402,7 @@ func (m *renderMemo) get(chart, key string) ([]Object, bool) {
 		if err != nil {
 			return nil, false
 		}
-		o.Component = chart
+		o.Component = component
 		out[i] = o
 		start = end
 	}
@@ -412,8 +436,8 @@ func decodeObject(js []byte, headOnly bool) (Object, error) {
 	return Object{Unstructured: u}, nil
 }
 
-// put remembers one chart's render; objs are that chart's, so their component is chart.
-func (m *renderMemo) put(chart, key string, objs []Object) {
+// put remembers one unit's render.
+func (m *renderMemo) put(unit, key string, objs []Object) {
 	var text bytes.Buffer
 	ends := make([]int, len(objs))
 	headOnly := make([]bool, len(objs))
@@ -436,7 +460,7 @@ func (m *renderMemo) put(chart, key string, objs []Object) {
 	if m.charts == nil {
 		m.charts = map[string][]memoEntry{}
 	}
-	entries := m.charts[chart]
+	entries := m.charts[unit]
 	for _, e := range entries {
 		if e.key == key {
 			return
@@ -445,18 +469,30 @@ func (m *renderMemo) put(chart, key string, objs []Object) {
 	if len(entries) == memoSize {
 		entries = slices.Delete(entries, 0, 1)
 	}
-	m.charts[chart] = append(entries, memoEntry{key: key, deflated: slices.Clip(deflated.Bytes()), ends: ends, headOnly: headOnly})
+	m.charts[unit] = append(entries, memoEntry{key: key, deflated: slices.Clip(deflated.Bytes()), ends: ends, headOnly: headOnly})
 }
 
-// Warm loads the embedded charts and renders them with the values of an empty spec, which
-// the memo then holds. A server version of "" renders as Helm's default.
+// Warm loads the embedded charts and renders the units of an empty spec (base, and the
+// default revision's istiod), which the memo then holds. A server version of "" renders as
+// Helm's default.
 func Warm(kubeVersion string) error {
 	v, err := values.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
 	if err != nil {
 		return err
 	}
-	_, err = Render(Input{Values: v, Namespace: "istio-system", KubeVersion: kubeVersion})
-	return err
+	src, err := SourceFor(version.Embedded)
+	if err != nil {
+		return err
+	}
+	for _, u := range []struct {
+		c   Component
+		rev string
+	}{{Base, ""}, {Istiod, apply.DefaultRevision}} {
+		if _, err := Render(Input{Component: u.c, Source: src, Values: v, Namespace: "istio-system", KubeVersion: kubeVersion, Revision: u.rev}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // parsed remembers the JSON of parsed documents by their YAML text. Most of the istiod
@@ -473,8 +509,9 @@ type docCache struct {
 }
 
 // parseDoc turns one YAML document into an object the caller owns; nil for an empty
-// document. The object is checked strictly against its Kubernetes type (checkFields).
-// With reuse, the JSON of a document seen and checked before comes from parsed.
+// document. With reuse, the JSON of a document seen before comes from parsed. Fields are
+// not judged here: the apiserver does, strictly, on every apply (see the controller's
+// applyOne), by the schema it serves rather than by the types Capstan was compiled with.
 func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 	var js []byte
 	var key [sha256.Size]byte
@@ -482,8 +519,8 @@ func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 		key = sha256.Sum256(doc)
 		js = parsed.get(key)
 	}
-	checked := js != nil
-	if !checked {
+	seen := js != nil
+	if !seen {
 		var err error
 		if js, err = yaml.YAMLToJSON(doc); err != nil {
 			return nil, err
@@ -497,13 +534,8 @@ func parseDoc(doc []byte, reuse bool) (*unstructured.Unstructured, error) {
 	if err := u.UnmarshalJSON(js); err != nil {
 		return nil, err
 	}
-	if !checked {
-		if err := checkFields(u.GroupVersionKind(), js); err != nil {
-			return nil, fmt.Errorf("%s %q: %w", u.GetKind(), u.GetName(), err)
-		}
-		if reuse {
-			parsed.put(key, js)
-		}
+	if !seen && reuse {
+		parsed.put(key, js)
 	}
 	return u, nil
 }

@@ -28,12 +28,26 @@ func renderSpec(t *testing.T, spec meshv1.MeshControlPlaneSpec) []Object {
 	if ns == "" {
 		ns = "istio-system"
 	}
-	objs, err := Render(Input{Values: v, Namespace: ns, KubeVersion: "v1.37.1"})
-	if err != nil {
-		t.Fatal(err)
+	var objs []Object
+	for _, u := range testUnits {
+		o, err := Render(Input{Component: u.c, Source: embedded{}, Values: v, Namespace: ns, KubeVersion: "v1.37.1", Revision: u.rev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs = append(objs, o...)
 	}
 	return objs
 }
+
+// testUnits are the units of an in-place control plane: base, and istiod at the default
+// revision.
+var testUnits = []struct {
+	c   Component
+	rev string
+}{{Base, ""}, {Istiod, apply.DefaultRevision}}
+
+// components are the charts Capstan installs.
+var components = []Component{Base, Istiod}
 
 func find(objs []Object, kind, name string) *unstructured.Unstructured {
 	for _, o := range objs {
@@ -77,7 +91,14 @@ func TestRenderDefaultControlPlane(t *testing.T) {
 }
 
 func TestRenderOrdersDefinitionsFirstAndWebhooksLast(t *testing.T) {
-	objs := renderSpec(t, meshv1.MeshControlPlaneSpec{})
+	v, err := values.For(&meshv1.MeshControlPlaneSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := Render(Input{Component: Istiod, Source: embedded{}, Values: v, Namespace: "istio-system", Revision: apply.DefaultRevision})
+	if err != nil {
+		t.Fatal(err)
+	}
 	last := -1
 	for _, o := range objs {
 		r := applyRank(o)
@@ -86,7 +107,7 @@ func TestRenderOrdersDefinitionsFirstAndWebhooksLast(t *testing.T) {
 		}
 		last = r
 	}
-	if objs[0].GetKind() != "CustomResourceDefinition" || !strings.HasSuffix(objs[len(objs)-1].GetKind(), "WebhookConfiguration") {
+	if applyRank(objs[0]) != 1 || !strings.HasSuffix(objs[len(objs)-1].GetKind(), "WebhookConfiguration") {
 		t.Errorf("order starts with %s and ends with %s", objs[0].GetKind(), objs[len(objs)-1].GetKind())
 	}
 }
@@ -114,7 +135,7 @@ func TestRenderFollowsTheSpec(t *testing.T) {
 }
 
 func TestRenderReportsChartErrors(t *testing.T) {
-	_, err := Render(Input{Values: map[string]any{"profile": "no-such-profile"}, Namespace: "istio-system"})
+	_, err := Render(Input{Component: Istiod, Source: embedded{}, Values: map[string]any{"profile": "no-such-profile"}, Namespace: "istio-system", Revision: apply.DefaultRevision})
 	if err == nil || !strings.Contains(err.Error(), "no-such-profile") {
 		t.Fatalf("want the chart's unknown-profile error, got %v", err)
 	}
@@ -122,7 +143,7 @@ func TestRenderReportsChartErrors(t *testing.T) {
 
 func TestRenderDoesNotChangeItsInput(t *testing.T) {
 	in := map[string]any{"global": map[string]any{"tag": "1.31.1"}}
-	if _, err := Render(Input{Values: in, Namespace: "istio-system"}); err != nil {
+	if _, err := Render(Input{Component: Istiod, Source: embedded{}, Values: in, Namespace: "istio-system", Revision: apply.DefaultRevision}); err != nil {
 		t.Fatal(err)
 	}
 	if len(in) != 1 || len(in["global"].(map[string]any)) != 1 {
@@ -156,11 +177,11 @@ func TestRenderReturnsObjectsTheCallerOwns(t *testing.T) {
 // affects the chart would be served a stale render.
 func TestValueKeysCoverWhatTheChartReads(t *testing.T) {
 	ref := regexp.MustCompile(`\.Values\)?\.([A-Za-z_][A-Za-z0-9_]*)`)
-	for _, c := range Install {
+	for _, c := range components {
 		if c.ValueKeys == nil {
 			continue
 		}
-		ch, err := loadChart(c)
+		ch, err := loadChart(c, embedded{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +216,7 @@ func variedSpecs() map[string]meshv1.MeshControlPlaneSpec {
 // keys alone with its render from every value, for specs that touch many settings.
 func TestRestrictedValuesRenderTheSame(t *testing.T) {
 	specs := variedSpecs()
-	specs["raw values"] = meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(`{"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"defaultRevision":"canary","global":{"istioNamespace":"mesh"}}`)}}
+	specs["raw values"] = meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(`{"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"global":{"logging":{"level":"default:debug"}}}`)}}
 	caps := common.DefaultCapabilities.Copy()
 	for name, spec := range specs {
 		t.Run(name, func(t *testing.T) {
@@ -207,11 +228,11 @@ func TestRestrictedValuesRenderTheSame(t *testing.T) {
 			if ns == "" {
 				ns = "istio-system"
 			}
-			for _, c := range Install {
+			for _, c := range components {
 				if c.ValueKeys == nil {
 					continue
 				}
-				ch, err := loadChart(c)
+				ch, err := loadChart(c, embedded{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -247,39 +268,21 @@ func TestIstiodRendersDoNotEvictBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	baseKey, err := Input{Values: Base.values(v), Namespace: "istio-system", KubeVersion: "v1.37.1", Revision: apply.DefaultRevision}.key(Base.Name)
+	baseKey, err := Input{Component: Base, Source: embedded{}, Values: Base.values(v), Namespace: "istio-system", KubeVersion: "v1.37.1"}.key()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for r := int32(2); r < 2+memoSize+1; r++ {
 		renderSpec(t, spec(r))
 	}
-	if _, ok := memo.get(Base.Name, baseKey); !ok {
+	if _, ok := memo.get(Base.Name, Base.Name, baseKey); !ok {
 		t.Errorf("after %d renders of other istiod specs, the base chart's render is no longer remembered", memoSize+1)
 	}
 }
 
-// A setting the chart passes through into a Kubernetes object, misspelt in spec.values,
-// stops the render and names the field: the apiserver would drop it with a warning only.
-func TestRenderRefusesFieldsKubernetesDoesNotKnow(t *testing.T) {
-	spec := meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(`{"pilot":{"affinity":{"nodeAfinity":{}}}}`)}}
-	v, err := values.For(&spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = Render(Input{Values: v, Namespace: "istio-system", KubeVersion: "v1.37.1"})
-	if err == nil {
-		t.Fatal("a Deployment with affinity.nodeAfinity rendered")
-	}
-	for _, want := range []string{"chart istiod", `Deployment "istiod"`, "nodeAfinity"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not say %q", err, want)
-		}
-	}
-}
-
 // Every spec of variedSpecs renders objects that decode strictly: Istio's charts as they
-// ship give Kubernetes no field it does not know, so the strict check refuses only input.
+// ship give Kubernetes no field it does not know, so the apiserver's strict field
+// validation, which every apply asks for, refuses only what the user wrote.
 func TestIstioChartsRenderOnlyKnownFields(t *testing.T) {
 	for name, spec := range variedSpecs() {
 		t.Run(name, func(t *testing.T) {
@@ -324,7 +327,7 @@ func TestRenderStampsInventoryLabelsAndHash(t *testing.T) {
 	for _, pass := range []string{"rendered", "remembered"} {
 		for _, o := range renderSpec(t, meshv1.MeshControlPlaneSpec{}) {
 			l := o.GetLabels()
-			if l[apply.ManagedByLabel] != apply.ManagedByValue || l[apply.ComponentLabel] != o.Component || l[apply.RevisionLabel] != apply.DefaultRevision {
+			if l[apply.ManagedByLabel] != apply.ManagedByValue || l[apply.ComponentLabel] != o.Component || l[apply.WriterLabel] != apply.WriterInstall || l[apply.RevisionLabel] != map[string]string{"base": "", "istiod": apply.DefaultRevision}[o.Component] {
 				t.Errorf("%s: %s %s has labels %v", pass, o.GetKind(), o.GetName(), l)
 			}
 			if o.GetAnnotations()[apply.ConfigHashAnnot] == "" {
@@ -343,7 +346,7 @@ func TestRenderedCRDsCarryTheirWholeBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := Input{Values: Base.values(v), Namespace: spec.Namespace, KubeVersion: "v1.37.1", Revision: apply.DefaultRevision}
+	in := Input{Component: Base, Source: embedded{}, Values: Base.values(v), Namespace: spec.Namespace, KubeVersion: "v1.37.1"}
 	caps := common.DefaultCapabilities.Copy()
 	kv, _ := common.ParseKubeVersion(in.KubeVersion)
 	caps.KubeVersion = *kv

@@ -60,13 +60,13 @@ func TestRenderValuesMatchHelm(t *testing.T) {
 	caps := common.DefaultCapabilities.Copy()
 	opts := common.ReleaseOptions{Name: "r", Namespace: "istio-system", Revision: 1, IsInstall: true}
 	for name, spec := range specs {
-		for _, c := range Install {
+		for _, c := range components {
 			t.Run(name+"/"+c.Name, func(t *testing.T) {
 				v, err := values.For(&spec)
 				if err != nil {
 					t.Fatal(err)
 				}
-				ch, err := loadChart(c)
+				ch, err := loadChart(c, embedded{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -74,7 +74,7 @@ func TestRenderValuesMatchHelm(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				ch, err = loadChart(c) // Helm's merge may share the chart's maps
+				ch, err = loadChart(c, embedded{}) // Helm's merge may share the chart's maps
 				if err != nil {
 					t.Fatal(err)
 				}

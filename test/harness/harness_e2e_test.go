@@ -36,8 +36,7 @@ import (
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/ca"
-	"github.com/capstan-mesh/capstan/internal/render"
-	"github.com/capstan-mesh/capstan/internal/values"
+	"github.com/capstan-mesh/capstan/internal/plan"
 )
 
 const fieldManager = "capstan-harness-test"
@@ -106,11 +105,11 @@ func TestHarnessEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals, err := values.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
+	p, err := plan.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := render.Render(render.Input{Values: vals, Namespace: "istio-system", KubeVersion: ver.GitVersion})
+	objs, err := p.Render(ver.GitVersion)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,11 +309,11 @@ func startClusterWithIstioCharts(t *testing.T, ctx context.Context) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals, err := values.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
+	p, err := plan.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := render.Render(render.Input{Values: vals, Namespace: "istio-system", KubeVersion: ver.GitVersion})
+	objs, err := p.Render(ver.GitVersion)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,16 +12,10 @@ import (
 )
 
 // checkFields decodes a rendered object's JSON strictly into its Kubernetes type and
-// reports every field the type does not have, and every field given twice.
-//
-// The apiserver would otherwise only warn of such a field and drop it: a typo in
-// spec.values (pilot.affinity.nodeAfinity, say) would install without the setting and say so
-// nowhere but the operator's log. Checked here, it stops the render before anything is
-// written, with the field's path in the Degraded condition. It also lets Capstan ask the
-// apiserver to skip its own strict decoding of every apply (fieldValidation=Ignore, in the
-// controller's applyOne), a second YAML parse of each body that costs as much as the first.
-//
-// A kind Capstan does not manage is not checked here: the render refuses it anyway.
+// reports every field the type does not have, and every field given twice. The operator
+// does not use it: the apiserver judges fields on every apply (fieldValidation=Strict), by
+// the schema it serves. Tests use it to show that Istio's charts, as they ship, render
+// nothing the Kubernetes types do not know, so a strict server refuses only user input.
 func checkFields(gvk schema.GroupVersionKind, js []byte) error {
 	obj, ok := typedObject(gvk)
 	if !ok {

@@ -1,0 +1,124 @@
+// Package plan turns a MeshControlPlane spec into the units of its control plane: each a
+// component at a revision, in a namespace, from the charts of one Istio version. Every
+// unit is rendered on its own, and Capstan prunes only within a unit. It is pure: no
+// client, no clock.
+package plan
+
+import (
+	"maps"
+	"slices"
+
+	"golang.org/x/sync/errgroup"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/render"
+	"github.com/capstan-mesh/capstan/internal/values"
+	"github.com/capstan-mesh/capstan/internal/version"
+)
+
+// DefaultNamespace is where the control plane runs when the spec does not say.
+const DefaultNamespace = "istio-system"
+
+// Unit is one part of the control plane that is rendered, applied and pruned on its own.
+type Unit struct {
+	// Component is the chart the unit renders.
+	Component render.Component
+	// Revision is the control-plane revision of a per-revision unit (istiod); empty for a
+	// unit every revision shares (base).
+	Revision string
+	// Namespace is where the unit's namespaced objects go.
+	Namespace string
+	// Version is the Istio version (x.y.z) the unit installs, and Source its charts.
+	Version string
+	Source  render.ChartSource
+	// Values are the chart values of the unit.
+	Values values.Values
+}
+
+// Key is the unit's inventory identity: the component and revision its objects are
+// labelled with.
+func (u Unit) Key() apply.Unit {
+	return apply.Unit{Component: u.Component.Name, Revision: u.Revision}
+}
+
+// Input is what the render of the unit needs besides the server's version.
+func (u Unit) Input(kubeVersion string) render.Input {
+	return render.Input{Component: u.Component, Source: u.Source, Values: u.Values, Namespace: u.Namespace, KubeVersion: kubeVersion, Revision: u.Revision}
+}
+
+// Plan is the control plane a spec declares.
+type Plan struct {
+	// Namespace is the control-plane namespace.
+	Namespace string
+	// Version is the declared Istio version.
+	Version string
+	// Revision is the revision istiod runs as: apply.DefaultRevision for an in-place
+	// control plane.
+	Revision string
+	// Units are the units, in the order they are installed: shared units first.
+	Units []Unit
+}
+
+// For plans the control plane spec declares. A spec whose values cannot be built (a
+// version Capstan cannot install, raw values that are not an object, a key Capstan owns)
+// is a *values.FieldError naming the field.
+func For(spec *meshv1.MeshControlPlaneSpec) (Plan, error) {
+	p := Plan{Namespace: spec.Namespace, Version: spec.Version, Revision: apply.DefaultRevision}
+	if p.Namespace == "" {
+		p.Namespace = DefaultNamespace
+	}
+	if p.Version == "" {
+		p.Version = version.Embedded
+	}
+	shared, err := values.For(spec)
+	if err != nil {
+		return Plan{}, err
+	}
+	src, err := render.SourceFor(p.Version)
+	if err != nil {
+		return Plan{}, &values.FieldError{Field: "spec.version", Detail: err.Error()}
+	}
+	unit := func(c render.Component, revision string) Unit {
+		return Unit{Component: c, Revision: revision, Namespace: p.Namespace, Version: p.Version, Source: src, Values: revisionValues(shared, revision)}
+	}
+	p.Units = []Unit{unit(render.Base, ""), unit(render.Istiod, p.Revision)}
+	return p, nil
+}
+
+// revisionValues are the values of a unit at revision: the istiod chart names its objects
+// after the `revision` value, which only Capstan sets (spec.values may not), and which is
+// empty for the default revision.
+func revisionValues(shared values.Values, revision string) values.Values {
+	if revision == "" || revision == apply.DefaultRevision {
+		return shared
+	}
+	v := maps.Clone(shared)
+	v["revision"] = revision
+	return v
+}
+
+// Render renders every unit, side by side (the charts are independent), and returns all
+// their objects in one apply order: objects of one rank go together, whatever their unit.
+// Nothing is returned unless every unit renders.
+func (p Plan) Render(kubeVersion string) ([]render.Object, error) {
+	rendered := make([][]render.Object, len(p.Units))
+	var g errgroup.Group
+	for i, u := range p.Units {
+		g.Go(func() (err error) {
+			rendered[i], err = render.Render(u.Input(kubeVersion))
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var out []render.Object
+	for _, objs := range rendered {
+		out = append(out, objs...)
+	}
+	slices.SortStableFunc(out, func(a, b render.Object) int {
+		return render.Rank(a.GroupVersionKind()) - render.Rank(b.GroupVersionKind())
+	})
+	return out, nil
+}

@@ -1,0 +1,82 @@
+package plan
+
+import (
+	"errors"
+	"testing"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/values"
+)
+
+// An in-place control plane is two units: base, shared by every revision, then istiod at
+// the default revision, both in the declared namespace, from the embedded charts.
+func TestForPlansBaseAndOneIstiod(t *testing.T) {
+	p, err := For(&meshv1.MeshControlPlaneSpec{Namespace: "mesh", Version: "1.31.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Namespace != "mesh" || p.Version != "1.31.0" || p.Revision != apply.DefaultRevision {
+		t.Errorf("plan %+v", p)
+	}
+	want := []apply.Unit{{Component: "base"}, {Component: "istiod", Revision: apply.DefaultRevision}}
+	if len(p.Units) != len(want) {
+		t.Fatalf("%d units, want %d", len(p.Units), len(want))
+	}
+	for i, u := range p.Units {
+		if u.Key() != want[i] || u.Namespace != "mesh" || u.Version != "1.31.0" || u.Source.Minor() != "1.31" {
+			t.Errorf("unit %d: %+v (key %+v)", i, u, u.Key())
+		}
+		if _, set := u.Values["revision"]; set {
+			t.Errorf("unit %s sets the revision value; the default revision's objects are named without one", u.Component.Name)
+		}
+	}
+}
+
+// Only the planner names a revision: a unit at another revision gets the chart's revision
+// value, which renames its objects, and the values shared with other units stay as they
+// were.
+func TestRevisionValuesAreTheUnits(t *testing.T) {
+	shared := values.Values{"global": values.Values{"tag": "1.31.1"}}
+	v := revisionValues(shared, "1-31-1")
+	if v["revision"] != "1-31-1" {
+		t.Errorf("revision value %v", v["revision"])
+	}
+	if _, set := shared["revision"]; set {
+		t.Error("the shared values were changed")
+	}
+	if got := revisionValues(shared, apply.DefaultRevision); got["revision"] != nil {
+		t.Errorf("the default revision sets revision %v", got["revision"])
+	}
+}
+
+func TestForNamesTheFieldOfABadVersion(t *testing.T) {
+	_, err := For(&meshv1.MeshControlPlaneSpec{Version: "1.99.0"})
+	var fe *values.FieldError
+	if !errors.As(err, &fe) || fe.Field != "spec.version" {
+		t.Fatalf("error %v, want a FieldError on spec.version", err)
+	}
+}
+
+// Render gives every unit's objects in one apply order, each labelled with its own unit.
+func TestRenderLabelsEachObjectWithItsUnit(t *testing.T) {
+	p, err := For(&meshv1.MeshControlPlaneSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := p.Render("v1.37.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, o := range objs {
+		inv, ok := apply.InventoryOf(o.GetLabels())
+		if !ok || inv.Writer != apply.WriterInstall || inv.Component != o.Component {
+			t.Fatalf("%s %s: inventory %+v", o.GetKind(), o.GetName(), inv)
+		}
+		seen[inv.Component+"/"+inv.Revision]++
+	}
+	if seen["base/"] == 0 || seen["istiod/default"] == 0 || len(seen) != 2 {
+		t.Errorf("objects by unit: %v", seen)
+	}
+}
