@@ -5,6 +5,7 @@ package config_test
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,11 +15,17 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensionsvalidation "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 	"sigs.k8s.io/yaml"
+
+	"github.com/capstan-mesh/capstan/internal/values"
 )
 
 // rendered returns the objects of a kustomization, rendered with the project's kubectl.
@@ -241,4 +248,73 @@ func boundTo(t *testing.T, objs []*unstructured.Unstructured, role *rbacv1.Role,
 		}
 	}
 	return false
+}
+
+// TestCRDDeclaresOwnedValues protects the CEL rules that refuse the Helm values Capstan
+// owns: CEL sees only declared fields, and controller-gen cannot declare them inside
+// spec.values, so make manifests adds them after it (hack/crdvalues). A CRD regenerated
+// without that step fails here.
+func TestCRDDeclaresOwnedValues(t *testing.T) {
+	got, err := os.ReadFile(filepath.Join("..", values.CRDPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := values.WithOwnedSchema(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s lacks the owned values' schema and rules: run make manifests", values.CRDPath)
+	}
+}
+
+// TestCRDPassesAPIServerValidation runs the apiserver's own CRD validation, so that a CEL
+// rule that does not compile, or costs more than the apiserver allows, fails here rather
+// than at install.
+func TestCRDPassesAPIServerValidation(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", values.CRDPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v1 apiextensionsv1.CustomResourceDefinition
+	if err := yaml.UnmarshalStrict(b, &v1); err != nil {
+		t.Fatal(err)
+	}
+	s := runtime.NewScheme()
+	if err := apiextensionsv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := apiextensions.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	var crd apiextensions.CustomResourceDefinition
+	if err := s.Convert(&v1, &crd, nil); err != nil {
+		t.Fatal(err)
+	}
+	crd.Status.StoredVersions = []string{"v1alpha1"} // as the apiserver records once it stores one
+	for _, e := range apiextensionsvalidation.ValidateCustomResourceDefinition(context.Background(), &crd) {
+		t.Error(e)
+	}
+	rules := 0
+	var count func(p *apiextensions.JSONSchemaProps)
+	count = func(p *apiextensions.JSONSchemaProps) {
+		rules += len(p.XValidations)
+		for _, c := range p.Properties {
+			count(&c)
+		}
+		if p.Items != nil && p.Items.Schema != nil {
+			count(p.Items.Schema)
+		}
+	}
+	for _, v := range crd.Spec.Versions {
+		if v.Schema != nil {
+			count(v.Schema.OpenAPIV3Schema)
+		}
+	}
+	if crd.Spec.Validation != nil { // the internal form's schema shared by every version
+		count(crd.Spec.Validation.OpenAPIV3Schema)
+	}
+	if rules < len(values.OwnedValues) {
+		t.Errorf("only %d CEL rules in the CRD; is it the one make manifests writes?", rules)
+	}
 }
