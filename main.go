@@ -168,7 +168,10 @@ func run() error {
 	}
 	ready := healthz.Ping
 	if enableWebhooks {
-		if err := capstanwebhook.SetupWithManager(mgr); err != nil {
+		// The Deployment sets POD_NAMESPACE from the pod's own namespace (downward API);
+		// run outside a pod, the operator's namespace is unknown and not checked.
+		v := capstanwebhook.Validator{OperatorNamespace: os.Getenv("POD_NAMESPACE")}
+		if err := capstanwebhook.SetupWithManager(mgr, v); err != nil {
 			return fmt.Errorf("setting up the MeshControlPlane webhook: %w", err)
 		}
 		ready = mgr.GetWebhookServer().StartedChecker()

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -248,6 +249,27 @@ func boundTo(t *testing.T, objs []*unstructured.Unstructured, role *rbacv1.Role,
 		}
 	}
 	return false
+}
+
+// TestManagerEnvFromDownwardAPI protects what the operator reads from its pod:
+// POD_NAMESPACE, the operator's own namespace, which the webhook refuses for the control
+// plane.
+func TestManagerEnvFromDownwardAPI(t *testing.T) {
+	for _, o := range rendered(t, "default") {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		c := convert[appsv1.Deployment](t, o).Spec.Template.Spec.Containers[0]
+		env := map[string]*corev1.EnvVarSource{}
+		for _, e := range c.Env {
+			env[e.Name] = e.ValueFrom
+		}
+		if f := env["POD_NAMESPACE"]; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
+			t.Errorf("POD_NAMESPACE is not the pod's metadata.namespace: %+v", f)
+		}
+		return
+	}
+	t.Fatal("config/default has no Deployment")
 }
 
 // TestCRDDeclaresOwnedValues protects the CEL rules that refuse the Helm values Capstan
