@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsvalidation "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -251,18 +253,28 @@ func boundTo(t *testing.T, objs []*unstructured.Unstructured, role *rbacv1.Role,
 	return false
 }
 
-// TestManagerEnvFromDownwardAPI protects what the operator reads from its pod:
-// POD_NAMESPACE, the operator's own namespace, which the webhook refuses for the control
-// plane.
+// TestManagerEnvFromDownwardAPI protects two variables the operator reads from its pod:
+// GOMEMLIMIT, the container's memory limit, under which Go's garbage collector keeps the
+// heap (the operator's only memory tuning), and POD_NAMESPACE, the operator's own
+// namespace, which the webhook refuses for the control plane.
 func TestManagerEnvFromDownwardAPI(t *testing.T) {
 	for _, o := range rendered(t, "default") {
 		if o.GetKind() != "Deployment" {
 			continue
 		}
 		c := convert[appsv1.Deployment](t, o).Spec.Template.Spec.Containers[0]
+		if c.Resources.Limits.Memory().IsZero() {
+			t.Error("no memory limit: GOMEMLIMIT would be the node's allocatable memory")
+		}
 		env := map[string]*corev1.EnvVarSource{}
 		for _, e := range c.Env {
 			env[e.Name] = e.ValueFrom
+		}
+		if f := env["GOMEMLIMIT"]; f == nil || f.ResourceFieldRef == nil || f.ResourceFieldRef.Resource != "limits.memory" ||
+			(f.ResourceFieldRef.ContainerName != "" && f.ResourceFieldRef.ContainerName != c.Name) {
+			t.Errorf("GOMEMLIMIT is not the container's limits.memory: %+v", f)
+		} else if d := f.ResourceFieldRef.Divisor; !d.IsZero() && d.Cmp(resource.MustParse("1")) != 0 {
+			t.Errorf("GOMEMLIMIT's divisor is %s: Go reads a plain number as bytes, so it must be 1", d.String())
 		}
 		if f := env["POD_NAMESPACE"]; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
 			t.Errorf("POD_NAMESPACE is not the pod's metadata.namespace: %+v", f)
@@ -270,6 +282,29 @@ func TestManagerEnvFromDownwardAPI(t *testing.T) {
 		return
 	}
 	t.Fatal("config/default has no Deployment")
+}
+
+// TestLeaderElectionRole protects leader election under controller-runtime's default
+// lock, and nothing more: Leases, and the core Events it records on them ("became
+// leader"), in the operator's namespace only.
+func TestLeaderElectionRole(t *testing.T) {
+	for _, o := range rendered(t, "default") {
+		if o.GetKind() != "Role" || o.GetName() != "capstan-leader-election" {
+			continue
+		}
+		want := []rbacv1.PolicyRule{
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		}
+		if got := convert[rbacv1.Role](t, o).Rules; !reflect.DeepEqual(got, want) {
+			t.Errorf("rules %+v, want %+v", got, want)
+		}
+		if o.GetNamespace() != "capstan-system" {
+			t.Errorf("the Role is in %q, not the operator's namespace", o.GetNamespace())
+		}
+		return
+	}
+	t.Fatal("config/default has no Role capstan-leader-election")
 }
 
 // TestCRDDeclaresOwnedValues protects the CEL rules that refuse the Helm values Capstan
