@@ -26,6 +26,8 @@ generate: $(BIN)/controller-gen ## Regenerate deepcopy code.
 .PHONY: manifests
 manifests: $(BIN)/controller-gen ## Regenerate the CRD, the operator's RBAC and its webhook configuration from the Go markers.
 	$(BIN)/controller-gen crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	@# CEL sees only declared fields: declare the Helm values Capstan owns in spec.values.
+	go run ./hack/crdvalues
 	$(BIN)/controller-gen rbac:roleName=capstan-manager paths=./controllers/... output:rbac:artifacts:config=config/rbac
 	$(BIN)/controller-gen webhook paths=./internal/webhook/... output:webhook:artifacts:config=config/webhook
 

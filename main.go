@@ -22,11 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/capstan-mesh/capstan/controllers"
-	"github.com/capstan-mesh/capstan/internal/leaselock"
-	"github.com/capstan-mesh/capstan/internal/memprofile"
 	"github.com/capstan-mesh/capstan/internal/metricsauth"
 	"github.com/capstan-mesh/capstan/internal/render"
-	"github.com/capstan-mesh/capstan/internal/trim"
 	capstanwebhook "github.com/capstan-mesh/capstan/internal/webhook"
 )
 
@@ -51,7 +48,6 @@ func run() error {
 		secureMetrics          bool
 		secretNamespaces       string
 		caPropagation          time.Duration
-		trimMemory             bool
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "address the metrics endpoint binds to (the Deployment uses :8443); 0 turns it off")
 	flag.BoolVar(&secureMetrics, "metrics-secure", true, "serve metrics over HTTPS, only to clients the apiserver authenticates and authorizes for GET /metrics")
@@ -68,14 +64,10 @@ func run() error {
 	flag.IntVar(&burst, "kube-api-burst", 100, "requests the operator may send at once, above kube-api-qps")
 	flag.StringVar(&secretNamespaces, "secret-namespaces", "istio-system", "comma-separated namespaces the operator is granted Secrets in (the mesh CA's cacerts lives in the control-plane namespace); empty means every namespace")
 	flag.DurationVar(&caPropagation, "ca-propagation", controllers.DefaultCAPropagation, "how long a root rotation allows for a cacerts change to reach istiod (kubelet Secret sync) and a new trust bundle to reach every sidecar, clock skew included")
-	flag.BoolVar(&trimMemory, "trim-memory", true, "after each burst of work (an install, an upgrade, a rotation step), once the operator is quiet again, run one garbage collection that returns the burst's memory to the system")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
-	if pprofAddr != "" && pprofAddr != "0" {
-		memprofile.Enable() // someone can read the heap profile: sample again
-	}
 
 	scheme, err := controllers.NewScheme()
 	if err != nil {
@@ -117,20 +109,9 @@ func run() error {
 	// Hand the lease over at once on a clean stop, so an upgrade of the operator does not
 	// wait out the lease duration.
 	mopts.LeaderElectionReleaseOnCancel = true
-	var lockEvents *leaselock.Events
-	if leaderElect {
-		lock, ev, err := leaselock.New(cfg, mopts.LeaderElectionID, leaderNamespace)
-		if err != nil {
-			return fmt.Errorf("building the leader-election lock: %w", err)
-		}
-		mopts.LeaderElectionResourceLockInterface, lockEvents = lock, ev
-	}
 	mgr, err := ctrl.NewManager(cfg, mopts)
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
-	}
-	if lockEvents != nil {
-		lockEvents.Use(mgr.GetEventRecorder("capstan"))
 	}
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
@@ -163,14 +144,12 @@ func run() error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the mesh CA controller: %w", err)
 	}
-	if trimMemory {
-		if err := mgr.Add(&trim.Trimmer{}); err != nil {
-			return err
-		}
-	}
 	ready := healthz.Ping
 	if enableWebhooks {
-		if err := capstanwebhook.SetupWithManager(mgr); err != nil {
+		// The Deployment sets POD_NAMESPACE from the pod's own namespace (downward API);
+		// run outside a pod, the operator's namespace is unknown and not checked.
+		v := capstanwebhook.Validator{OperatorNamespace: os.Getenv("POD_NAMESPACE")}
+		if err := capstanwebhook.SetupWithManager(mgr, v); err != nil {
 			return fmt.Errorf("setting up the MeshControlPlane webhook: %w", err)
 		}
 		ready = mgr.GetWebhookServer().StartedChecker()

@@ -5,20 +5,30 @@ package config_test
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensionsvalidation "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 	"sigs.k8s.io/yaml"
+
+	"github.com/capstan-mesh/capstan/internal/values"
 )
 
 // rendered returns the objects of a kustomization, rendered with the project's kubectl.
@@ -241,4 +251,127 @@ func boundTo(t *testing.T, objs []*unstructured.Unstructured, role *rbacv1.Role,
 		}
 	}
 	return false
+}
+
+// TestManagerEnvFromDownwardAPI protects two variables the operator reads from its pod:
+// GOMEMLIMIT, the container's memory limit, under which Go's garbage collector keeps the
+// heap (the operator's only memory tuning), and POD_NAMESPACE, the operator's own
+// namespace, which the webhook refuses for the control plane.
+func TestManagerEnvFromDownwardAPI(t *testing.T) {
+	for _, o := range rendered(t, "default") {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		c := convert[appsv1.Deployment](t, o).Spec.Template.Spec.Containers[0]
+		if c.Resources.Limits.Memory().IsZero() {
+			t.Error("no memory limit: GOMEMLIMIT would be the node's allocatable memory")
+		}
+		env := map[string]*corev1.EnvVarSource{}
+		for _, e := range c.Env {
+			env[e.Name] = e.ValueFrom
+		}
+		if f := env["GOMEMLIMIT"]; f == nil || f.ResourceFieldRef == nil || f.ResourceFieldRef.Resource != "limits.memory" ||
+			(f.ResourceFieldRef.ContainerName != "" && f.ResourceFieldRef.ContainerName != c.Name) {
+			t.Errorf("GOMEMLIMIT is not the container's limits.memory: %+v", f)
+		} else if d := f.ResourceFieldRef.Divisor; !d.IsZero() && d.Cmp(resource.MustParse("1")) != 0 {
+			t.Errorf("GOMEMLIMIT's divisor is %s: Go reads a plain number as bytes, so it must be 1", d.String())
+		}
+		if f := env["POD_NAMESPACE"]; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
+			t.Errorf("POD_NAMESPACE is not the pod's metadata.namespace: %+v", f)
+		}
+		return
+	}
+	t.Fatal("config/default has no Deployment")
+}
+
+// TestLeaderElectionRole protects leader election under controller-runtime's default
+// lock, and nothing more: Leases, and the core Events it records on them ("became
+// leader"), in the operator's namespace only.
+func TestLeaderElectionRole(t *testing.T) {
+	for _, o := range rendered(t, "default") {
+		if o.GetKind() != "Role" || o.GetName() != "capstan-leader-election" {
+			continue
+		}
+		want := []rbacv1.PolicyRule{
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		}
+		if got := convert[rbacv1.Role](t, o).Rules; !reflect.DeepEqual(got, want) {
+			t.Errorf("rules %+v, want %+v", got, want)
+		}
+		if o.GetNamespace() != "capstan-system" {
+			t.Errorf("the Role is in %q, not the operator's namespace", o.GetNamespace())
+		}
+		return
+	}
+	t.Fatal("config/default has no Role capstan-leader-election")
+}
+
+// TestCRDDeclaresOwnedValues protects the CEL rules that refuse the Helm values Capstan
+// owns: CEL sees only declared fields, and controller-gen cannot declare them inside
+// spec.values, so make manifests adds them after it (hack/crdvalues). A CRD regenerated
+// without that step fails here.
+func TestCRDDeclaresOwnedValues(t *testing.T) {
+	got, err := os.ReadFile(filepath.Join("..", values.CRDPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := values.WithOwnedSchema(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s lacks the owned values' schema and rules: run make manifests", values.CRDPath)
+	}
+}
+
+// TestCRDPassesAPIServerValidation runs the apiserver's own CRD validation, so that a CEL
+// rule that does not compile, or costs more than the apiserver allows, fails here rather
+// than at install.
+func TestCRDPassesAPIServerValidation(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", values.CRDPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v1 apiextensionsv1.CustomResourceDefinition
+	if err := yaml.UnmarshalStrict(b, &v1); err != nil {
+		t.Fatal(err)
+	}
+	s := runtime.NewScheme()
+	if err := apiextensionsv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := apiextensions.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	var crd apiextensions.CustomResourceDefinition
+	if err := s.Convert(&v1, &crd, nil); err != nil {
+		t.Fatal(err)
+	}
+	crd.Status.StoredVersions = []string{"v1alpha1"} // as the apiserver records once it stores one
+	for _, e := range apiextensionsvalidation.ValidateCustomResourceDefinition(context.Background(), &crd) {
+		t.Error(e)
+	}
+	rules := 0
+	var count func(p *apiextensions.JSONSchemaProps)
+	count = func(p *apiextensions.JSONSchemaProps) {
+		rules += len(p.XValidations)
+		for _, c := range p.Properties {
+			count(&c)
+		}
+		if p.Items != nil && p.Items.Schema != nil {
+			count(p.Items.Schema)
+		}
+	}
+	for _, v := range crd.Spec.Versions {
+		if v.Schema != nil {
+			count(v.Schema.OpenAPIV3Schema)
+		}
+	}
+	if crd.Spec.Validation != nil { // the internal form's schema shared by every version
+		count(crd.Spec.Validation.OpenAPIV3Schema)
+	}
+	if rules < len(values.OwnedValues) {
+		t.Errorf("only %d CEL rules in the CRD; is it the one make manifests writes?", rules)
+	}
 }

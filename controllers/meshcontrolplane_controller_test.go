@@ -371,12 +371,12 @@ var _ = Describe("MeshControlPlane lifecycle", Ordered, func() {
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istio"}, cm)).To(Succeed())
 		m := getMCP()
 		m.Spec.Version = "1.31.1"
-		m.Spec.Values = &apiextensionsv1.JSON{Raw: []byte(`{"profile":"no-such-profile"}`)}
+		m.Spec.Values = &apiextensionsv1.JSON{Raw: []byte(`{"global":{"platform":"no-such-platform"}}`)}
 		Expect(k8sClient.Update(ctx, m)).To(Succeed())
 		Eventually(condition(meshv1.ConditionDegraded)).Should(And(
 			HaveField("Status", metav1.ConditionTrue),
 			HaveField("Reason", meshv1.ReasonRenderFailed),
-			HaveField("Message", And(ContainSubstring("spec.values"), ContainSubstring("no-such-profile")))))
+			HaveField("Message", And(ContainSubstring("spec.values"), ContainSubstring("no-such-platform")))))
 		after := &corev1.ConfigMap{}
 		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(cm), after)).To(Succeed())
 		Expect(after.ResourceVersion).To(Equal(cm.ResourceVersion))

@@ -27,6 +27,7 @@ import (
 	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/plan"
 	"github.com/capstan-mesh/capstan/internal/render"
+	"github.com/capstan-mesh/capstan/internal/values"
 )
 
 // phaseFunc is one step of a reconcile. It sets s.stop to end the reconcile early.
@@ -106,6 +107,10 @@ func (r *MeshControlPlaneReconciler) ensureFinalizer(ctx context.Context, s *sco
 // spec the charts reject stops here, and what runs keeps running.
 func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Result, error) {
 	p, err := plan.For(&s.mcp.Spec)
+	if err == nil {
+		// Admission refuses these namespaces; an object stored before it did is refused here.
+		err = values.CheckNamespace(&s.mcp.Spec, r.OperatorNamespace)
+	}
 	if err != nil {
 		s.fail(meshv1.ReasonInvalidSpec, err, true)
 		return ctrl.Result{}, nil

@@ -25,7 +25,8 @@ import (
 
 // TestWebhookAgainstAPIServer serves the validating webhook from a manager and lets a real
 // kube-apiserver (envtest) call it, through the webhook configuration `make manifests`
-// generates (envtest points it at the local server and gives both ends a CA).
+// generates (envtest points it at the local server and gives both ends a CA). The operator
+// here runs in capstan-system, as POD_NAMESPACE would say in its pod.
 func TestWebhookAgainstAPIServer(t *testing.T) {
 	env := newTestEnv(filepath.Join("..", "config", "webhook", "manifests.yaml"))
 	cfg, err := env.Start()
@@ -46,7 +47,7 @@ func TestWebhookAgainstAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := capstanwebhook.SetupWithManager(mgr); err != nil {
+	if err := capstanwebhook.SetupWithManager(mgr, capstanwebhook.Validator{OperatorNamespace: "capstan-system"}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -74,6 +75,13 @@ func TestWebhookAgainstAPIServer(t *testing.T) {
 	}
 
 	m.Spec.Version = "1.31.1"
+	m.Spec.Namespace = "capstan-system"
+	err = c.Create(ctx, m)
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.namespace") || !strings.Contains(err.Error(), "operator's own namespace") {
+		t.Fatalf("creating in the operator's namespace: %v; want the webhook's refusal naming spec.namespace", err)
+	}
+
+	m.Spec.Namespace = ""
 	if err := c.Create(ctx, m); err != nil {
 		t.Fatalf("creating with the embedded version: %v", err)
 	}

@@ -11,6 +11,14 @@ const SingletonName = "default"
 
 // MeshControlPlaneSpec declares the Istio control plane Capstan keeps installed.
 //
+// spec.namespace cannot change: Capstan would install a second control plane there and
+// prune the first under the workloads still injected for it. The rule sits on the spec,
+// not on the field, so that a namespace set, removed or never set compares as what it
+// means: 'istio-system', the field's default. namespace is a CEL keyword, so the rule
+// names the field __namespace__, as Kubernetes escapes it; self.namespace compiles too, but
+// to a value whose size the apiserver's cost estimate cannot bound, and it refuses the CRD.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.__namespace__) && has(oldSelf.__namespace__) ? self.__namespace__ == oldSelf.__namespace__ : has(self.__namespace__) ? self.__namespace__ == 'istio-system' : !has(oldSelf.__namespace__) || oldSelf.__namespace__ == 'istio-system'",fieldPath=".namespace",reason=FieldValueForbidden,message="spec.namespace: cannot be changed; to move the control plane, delete this MeshControlPlane with spec.uninstall.removeCRDs unset (Istio's CRDs, and with them your Istio objects, stay), create it again with the new spec.namespace, then restart the injected workloads so that their sidecars reach the new istiod"
 // +kubebuilder:validation:XValidation:rule="!has(self.components) || !has(self.components.pilot) || !(has(self.components.pilot.replicas) && has(self.components.pilot.autoscale))",message="spec.components.pilot: set either replicas or autoscale, not both"
 type MeshControlPlaneSpec struct {
 	// Version is the Istio version to run, as x.y.z (for example 1.31.1). It selects the
@@ -24,7 +32,10 @@ type MeshControlPlaneSpec struct {
 	Version string `json:"version,omitempty"`
 
 	// Namespace is where the control plane runs. Capstan creates it when it is missing.
+	// It cannot be changed later, nor be one of Kubernetes' own namespaces or the
+	// operator's.
 	// +kubebuilder:default="istio-system"
+	// +kubebuilder:validation:XValidation:rule="!(self in ['kube-system', 'kube-public', 'kube-node-lease'])",message="spec.namespace: Kubernetes' own namespaces (kube-system, kube-public, kube-node-lease) cannot hold the control plane; use a namespace of its own, such as istio-system"
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	// +kubebuilder:validation:MaxLength=63
 	// +optional
@@ -49,7 +60,10 @@ type MeshControlPlaneSpec struct {
 
 	// Values are raw Helm values passed to Istio's charts, for settings Capstan does not
 	// type. The typed fields of this spec win over them. A value the charts reject is
-	// reported in the Degraded condition and changes nothing in the cluster.
+	// reported in the Degraded condition and changes nothing in the cluster. Values that
+	// decide the names or the place of what Capstan installs (revision, revisionTags,
+	// defaultRevision, global.istioNamespace, istiodRemote, ...) are refused; the refusal
+	// names the field to use instead.
 	// +kubebuilder:validation:Type=object
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +optional

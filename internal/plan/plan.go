@@ -17,9 +17,6 @@ import (
 	"github.com/capstan-mesh/capstan/internal/version"
 )
 
-// DefaultNamespace is where the control plane runs when the spec does not say.
-const DefaultNamespace = "istio-system"
-
 // Unit is one part of the control plane that is rendered, applied and pruned on its own.
 type Unit struct {
 	// Component is the chart the unit renders.
@@ -64,10 +61,7 @@ type Plan struct {
 // version Capstan cannot install, raw values that are not an object, a key Capstan owns)
 // is a *values.FieldError naming the field.
 func For(spec *meshv1.MeshControlPlaneSpec) (Plan, error) {
-	p := Plan{Namespace: spec.Namespace, Version: spec.Version, Revision: apply.DefaultRevision}
-	if p.Namespace == "" {
-		p.Namespace = DefaultNamespace
-	}
+	p := Plan{Namespace: values.Namespace(spec), Version: spec.Version, Revision: apply.DefaultRevision}
 	if p.Version == "" {
 		p.Version = version.Embedded
 	}

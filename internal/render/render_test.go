@@ -216,7 +216,7 @@ func variedSpecs() map[string]meshv1.MeshControlPlaneSpec {
 // keys alone with its render from every value, for specs that touch many settings.
 func TestRestrictedValuesRenderTheSame(t *testing.T) {
 	specs := variedSpecs()
-	specs["raw values"] = meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(`{"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"global":{"logging":{"level":"default:debug"}}}`)}}
+	specs["raw values"] = meshv1.MeshControlPlaneSpec{Values: &apiextensionsv1.JSON{Raw: []byte(`{"base":{"excludedCRDs":["wasmplugins.extensions.istio.io"]},"experimental":{"stableValidationPolicy":true},"global":{"enableReaderRBAC":false}}`)}}
 	caps := common.DefaultCapabilities.Copy()
 	for name, spec := range specs {
 		t.Run(name, func(t *testing.T) {

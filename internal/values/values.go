@@ -30,7 +30,9 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Field + ": " + e.Detail }
 
 // For builds the chart values for spec. Raw spec.values come first; the typed fields are
-// merged over them, so a typed field always wins.
+// merged over them, so a typed field always wins. Raw values that set one of OwnedValues
+// are refused: the CRD refuses them at admission, and this catches objects stored before
+// it did.
 func For(spec *meshv1.MeshControlPlaneSpec) (Values, error) {
 	v := Values{}
 	if spec.Values != nil && len(spec.Values.Raw) > 0 {
@@ -40,6 +42,9 @@ func For(spec *meshv1.MeshControlPlaneSpec) (Values, error) {
 		if v == nil {
 			v = Values{}
 		}
+		if err := checkOwned(v); err != nil {
+			return nil, err
+		}
 	}
 	ver := spec.Version
 	if ver == "" {
@@ -48,10 +53,7 @@ func For(spec *meshv1.MeshControlPlaneSpec) (Values, error) {
 	if err := version.Supported(ver); err != nil {
 		return nil, &FieldError{Field: "spec.version", Detail: err.Error()}
 	}
-	ns := spec.Namespace
-	if ns == "" {
-		ns = "istio-system"
-	}
+	ns := Namespace(spec)
 
 	global := Values{
 		"istioNamespace": ns,

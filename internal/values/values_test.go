@@ -3,6 +3,8 @@ package values
 import (
 	"errors"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,7 +79,7 @@ func TestFor(t *testing.T) {
 		"typed fields win over raw values": {
 			spec: meshv1.MeshControlPlaneSpec{
 				Version:    "1.31.2",
-				Values:     raw(`{"global":{"tag":"9.9.9","istioNamespace":"elsewhere"},"pilot":{"replicaCount":9,"autoscaleEnabled":true}}`),
+				Values:     raw(`{"global":{"tag":"9.9.9"},"pilot":{"replicaCount":9,"autoscaleEnabled":true}}`),
 				Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](2)}},
 			},
 			want: map[string]any{"global.tag": "1.31.2", "global.istioNamespace": "istio-system", "pilot.replicaCount": int64(2), "pilot.autoscaleEnabled": false},
@@ -136,6 +138,85 @@ func TestForRejects(t *testing.T) {
 			}
 			if fe.Field != tc.field {
 				t.Errorf("field = %q, want %q (%v)", fe.Field, tc.field, err)
+			}
+		})
+	}
+}
+
+// TestForRefusesOwnedValues protects the running control plane from a raw value that
+// renames or moves its objects (see OwnedValues), for objects the CRD admitted before it
+// refused them: For names the path and what to use instead, and renders nothing.
+func TestForRefusesOwnedValues(t *testing.T) {
+	for _, o := range OwnedValues {
+		t.Run(o.Path, func(t *testing.T) {
+			doc := `"x"`
+			for _, p := range slices.Backward(strings.Split(o.Path, ".")) {
+				doc = `{"` + p + `":` + doc + `}`
+			}
+			_, err := For(&meshv1.MeshControlPlaneSpec{Values: raw(doc)})
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("%s: want a FieldError, got %v", doc, err)
+			}
+			if fe.Field != "spec.values."+o.Path || fe.Detail != o.Instead {
+				t.Errorf("got %q", err)
+			}
+		})
+	}
+	cases := map[string]struct {
+		values string
+		field  string // "" when admitted
+	}{
+		"spec.namespace is the way to the namespace":                {values: `{"global":{"istioNamespace":"istio-system"}}`, field: "spec.values.global.istioNamespace"},
+		"the istiod chart reads pilot.revision as revision":         {values: `{"pilot":{"revision":"canary","env":{"A":"b"}}}`, field: "spec.values.pilot.revision"},
+		"a null is no value (Helm drops it)":                        {values: `{"revision":null,"global":{"istioNamespace":null}}`},
+		"other keys beside an owned one's parents":                  {values: `{"global":{"hub":"registry.corp/istio","logAsJson":true},"base":{"excludedCRDs":[]},"pilot":{"env":{"A":"b"}}}`},
+		"left alone: the remote pilot address without istiodRemote": {values: `{"global":{"remotePilotAddress":"10.0.0.1","externalIstiod":true}}`},
+		"pilot.defaultRevision is read by no chart":                 {values: `{"pilot":{"defaultRevision":"x"}}`},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := For(&meshv1.MeshControlPlaneSpec{Values: raw(tc.values)})
+			var fe *FieldError
+			switch {
+			case tc.field == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field):
+				t.Fatalf("got %v, want a FieldError on %s", err, tc.field)
+			}
+		})
+	}
+}
+
+// TestCheckNamespace protects the operator and Kubernetes' own namespaces from holding a
+// control plane (and being emptied by its uninstall), for objects stored before admission
+// refused them.
+func TestCheckNamespace(t *testing.T) {
+	tests := map[string]struct {
+		namespace, operator string
+		refused             string // part of the message; "" when allowed
+	}{
+		"the default namespace":                    {namespace: "", operator: "capstan-system"},
+		"a namespace of its own":                   {namespace: "mesh", operator: "capstan-system"},
+		"kube-system":                              {namespace: "kube-system", operator: "capstan-system", refused: "Kubernetes' own namespaces"},
+		"kube-public":                              {namespace: "kube-public", refused: "Kubernetes' own namespaces"},
+		"kube-node-lease":                          {namespace: "kube-node-lease", refused: "Kubernetes' own namespaces"},
+		"the operator's namespace":                 {namespace: "capstan-system", operator: "capstan-system", refused: "operator's own namespace"},
+		"the operator's namespace is the default":  {namespace: "", operator: "istio-system", refused: "istio-system is the Capstan operator's own namespace"},
+		"an unknown operator namespace skips that": {namespace: "capstan-system", operator: ""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			err := CheckNamespace(&meshv1.MeshControlPlaneSpec{Namespace: tc.namespace}, tc.operator)
+			var fe *FieldError
+			switch {
+			case tc.refused == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.refused == "":
+			case !errors.As(err, &fe):
+				t.Fatalf("got %v, want a FieldError containing %q", err, tc.refused)
+			case fe.Field != "spec.namespace" || !strings.Contains(fe.Detail, tc.refused):
+				t.Fatalf("got %q, want spec.namespace and %q", err, tc.refused)
 			}
 		})
 	}

@@ -1,10 +1,12 @@
 // Package webhook holds the MeshControlPlane admission checks that CEL cannot express,
-// because they compare the new spec with what runs: which Istio versions this Capstan can
-// install, and how far one change may move the version.
+// because they compare the new spec with what runs or with where the operator runs:
+// which Istio versions this Capstan can install, how far one change may move the version,
+// and that the control plane does not share the operator's namespace.
 package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/values"
 	"github.com/capstan-mesh/capstan/internal/version"
 )
 
@@ -23,27 +26,38 @@ const Path = "/validate-mesh-capstan-dev-v1alpha1-meshcontrolplane"
 // +kubebuilder:webhook:path=/validate-mesh-capstan-dev-v1alpha1-meshcontrolplane,mutating=false,failurePolicy=fail,sideEffects=None,groups=mesh.capstan.dev,resources=meshcontrolplanes,verbs=create;update,versions=v1alpha1,name=vmeshcontrolplane.mesh.capstan.dev,admissionReviewVersions=v1
 
 // Validator checks MeshControlPlanes at admission.
-type Validator struct{}
+type Validator struct {
+	// OperatorNamespace is the namespace the operator runs in (the pod's POD_NAMESPACE),
+	// which the control plane may not share; "" when unknown, which skips that check.
+	OperatorNamespace string
+}
 
 var _ admission.Validator[*meshv1.MeshControlPlane] = Validator{}
 
-// SetupWithManager serves the validator on the manager's webhook server.
-func SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewWebhookManagedBy(mgr, &meshv1.MeshControlPlane{}).WithValidator(Validator{}).Complete()
+// SetupWithManager serves v on the manager's webhook server.
+func SetupWithManager(mgr ctrl.Manager, v Validator) error {
+	return ctrl.NewWebhookManagedBy(mgr, &meshv1.MeshControlPlane{}).WithValidator(v).Complete()
 }
 
-// ValidateCreate refuses a version this Capstan cannot install.
-func (Validator) ValidateCreate(_ context.Context, m *meshv1.MeshControlPlane) (admission.Warnings, error) {
-	return nil, invalid(m, checkVersion(m.Spec.Version, ""))
+// ValidateCreate refuses a version this Capstan cannot install, and the operator's own
+// namespace for the control plane.
+func (v Validator) ValidateCreate(_ context.Context, m *meshv1.MeshControlPlane) (admission.Warnings, error) {
+	return nil, invalid(m, checkVersion(m.Spec.Version, ""), v.checkNamespace(m))
 }
 
 // ValidateUpdate also refuses a version change that skips a minor release or goes back
-// further than the oldest Istio version running.
-func (Validator) ValidateUpdate(_ context.Context, old, m *meshv1.MeshControlPlane) (admission.Warnings, error) {
-	if old.Spec.Version == m.Spec.Version {
-		return nil, nil // leave an unchanged spec.version alone, even one that became unsupported
+// further than the oldest Istio version running. What did not change is left alone, even
+// when it has become invalid: the controller reports it, and the update may be the one
+// that removes the finalizer of a deleted control plane.
+func (v Validator) ValidateUpdate(_ context.Context, old, m *meshv1.MeshControlPlane) (admission.Warnings, error) {
+	var errs []*field.Error
+	if old.Spec.Version != m.Spec.Version {
+		errs = append(errs, checkVersion(m.Spec.Version, oldestRunning(old)))
 	}
-	return nil, invalid(m, checkVersion(m.Spec.Version, oldestRunning(old)))
+	if values.Namespace(&old.Spec) != values.Namespace(&m.Spec) {
+		errs = append(errs, v.checkNamespace(m)) // the CRD refuses the change already
+	}
+	return nil, invalid(m, errs...)
 }
 
 // ValidateDelete allows every deletion: removing the control plane is always possible.
@@ -87,9 +101,34 @@ func checkVersion(want, running string) *field.Error {
 	return nil
 }
 
-func invalid(m *meshv1.MeshControlPlane, ferr *field.Error) error {
-	if ferr == nil {
+var namespacePath = field.NewPath("spec", "namespace")
+
+// checkNamespace refuses the operator's own namespace for the control plane. The CRD
+// refuses Kubernetes' own namespaces; values.CheckNamespace refuses both, again, for
+// objects stored before.
+func (v Validator) checkNamespace(m *meshv1.MeshControlPlane) *field.Error {
+	if v.OperatorNamespace == "" {
 		return nil
 	}
-	return apierrors.NewInvalid(schema.GroupKind{Group: meshv1.GroupVersion.Group, Kind: "MeshControlPlane"}, m.Name, field.ErrorList{ferr})
+	if err := values.CheckNamespace(&m.Spec, v.OperatorNamespace); err != nil {
+		var fe *values.FieldError
+		if errors.As(err, &fe) {
+			return field.Forbidden(namespacePath, fe.Detail)
+		}
+		return field.Forbidden(namespacePath, err.Error())
+	}
+	return nil
+}
+
+func invalid(m *meshv1.MeshControlPlane, ferrs ...*field.Error) error {
+	var list field.ErrorList
+	for _, e := range ferrs {
+		if e != nil {
+			list = append(list, e)
+		}
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	return apierrors.NewInvalid(schema.GroupKind{Group: meshv1.GroupVersion.Group, Kind: "MeshControlPlane"}, m.Name, list)
 }

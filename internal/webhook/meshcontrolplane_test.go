@@ -1,8 +1,13 @@
 package webhook
 
 import (
+	"context"
 	"strings"
 	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 )
 
 func TestCheckVersion(t *testing.T) {
@@ -34,6 +39,55 @@ func TestCheckVersion(t *testing.T) {
 				t.Fatalf("message %q lacks %q", err.Error(), tc.refused)
 			case err != nil && !strings.HasPrefix(err.Error(), "spec.version"):
 				t.Fatalf("message %q does not name spec.version", err.Error())
+			}
+		})
+	}
+}
+
+// TestOperatorNamespace protects the operator's namespace from holding the control plane
+// (whose uninstall would then reach the operator's own objects), without blocking updates
+// of a control plane stored there before the check existed: one of them removes the
+// finalizer of a deleted control plane.
+func TestOperatorNamespace(t *testing.T) {
+	mcp := func(ns, version string) *meshv1.MeshControlPlane {
+		return &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}, Spec: meshv1.MeshControlPlaneSpec{Namespace: ns, Version: version}}
+	}
+	tests := map[string]struct {
+		operator string
+		old, new *meshv1.MeshControlPlane // old nil: a create
+		refused  []string                 // parts of the message; none when admitted
+	}{
+		"a create in a namespace of its own":                    {operator: "capstan-system", new: mcp("istio-system", "")},
+		"a create in the operator's namespace":                  {operator: "capstan-system", new: mcp("capstan-system", ""), refused: []string{"spec.namespace: Forbidden: capstan-system is the Capstan operator's own namespace"}},
+		"a create with the default namespace, the operator's":   {operator: "istio-system", new: mcp("", ""), refused: []string{"spec.namespace: Forbidden: istio-system is the Capstan operator's own namespace"}},
+		"a create when the operator's namespace is unknown":     {operator: "", new: mcp("capstan-system", "")},
+		"an update moving into the operator's namespace":        {operator: "capstan-system", old: mcp("mesh", ""), new: mcp("capstan-system", ""), refused: []string{"spec.namespace: Forbidden", "operator's own namespace"}},
+		"an update of one stored there before the check":        {operator: "capstan-system", old: mcp("capstan-system", "1.31.1"), new: mcp("capstan-system", "1.31.1")},
+		"both refusals at once, each naming its field":          {operator: "capstan-system", new: mcp("capstan-system", "1.99.0"), refused: []string{"spec.version: Invalid value", "spec.namespace: Forbidden"}},
+		"a version change beside an unchanged stored namespace": {operator: "capstan-system", old: mcp("capstan-system", "1.31.1"), new: mcp("capstan-system", "1.31.2")},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := Validator{OperatorNamespace: tc.operator}
+			var err error
+			if tc.old == nil {
+				_, err = v.ValidateCreate(context.Background(), tc.new)
+			} else {
+				_, err = v.ValidateUpdate(context.Background(), tc.old, tc.new)
+			}
+			if len(tc.refused) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("admitted; want a refusal containing %q", tc.refused)
+			}
+			for _, part := range tc.refused {
+				if !strings.Contains(err.Error(), part) {
+					t.Errorf("message %q lacks %q", err.Error(), part)
+				}
 			}
 		})
 	}

@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
@@ -84,15 +85,6 @@ var variants = []variant{
 		noArgs:         []string{"--secret-namespaces=istio-system"},
 		certSecret:     "capstan-webhook-cert",
 		controlPlaneNS: "mesh-system",
-	},
-	{
-		name:           "control plane in the release namespace: not created again",
-		values:         map[string]any{"controlPlaneNamespace": releaseNamespace},
-		present:        []string{"Role/capstan-manager", "RoleBinding/capstan-manager"},
-		absent:         []string{"Namespace/" + releaseNamespace},
-		args:           []string{"--secret-namespaces=" + releaseNamespace},
-		certSecret:     "capstan-webhook-cert",
-		controlPlaneNS: releaseNamespace,
 	},
 	{
 		name:       "webhook certificate supplied, no cert-manager",
@@ -183,6 +175,7 @@ func TestRenderVariants(t *testing.T) {
 				}
 			}
 			checkProbes(t, mgr)
+			checkEnv(t, mgr)
 			checkCertMount(t, &dep.Spec.Template.Spec, v.certSecret)
 			if sa := dep.Spec.Template.Spec.ServiceAccountName; sa != subjectOf(t, objs, "ClusterRoleBinding", "capstan-manager") {
 				t.Errorf("the Deployment runs as %q, the ClusterRoleBinding binds %q", sa, subjectOf(t, objs, "ClusterRoleBinding", "capstan-manager"))
@@ -200,6 +193,26 @@ func TestRenderVariants(t *testing.T) {
 				t.Errorf("manager args %q: --ca-propagation only when caPropagation is set", mgr.Args)
 			}
 		})
+	}
+}
+
+// checkEnv checks what the manager reads from its pod: GOMEMLIMIT, the container's memory
+// limit, under which Go's garbage collector keeps the heap, and POD_NAMESPACE, the
+// operator's namespace, which the webhook refuses for the control plane.
+func checkEnv(t *testing.T, c corev1.Container) {
+	t.Helper()
+	env := map[string]*corev1.EnvVarSource{}
+	for _, e := range c.Env {
+		env[e.Name] = e.ValueFrom
+	}
+	if f := env["GOMEMLIMIT"]; f == nil || f.ResourceFieldRef == nil || f.ResourceFieldRef.Resource != "limits.memory" ||
+		(f.ResourceFieldRef.ContainerName != "" && f.ResourceFieldRef.ContainerName != c.Name) {
+		t.Errorf("GOMEMLIMIT is not the container's limits.memory: %+v", f)
+	} else if d := f.ResourceFieldRef.Divisor; !d.IsZero() && d.Cmp(resource.MustParse("1")) != 0 {
+		t.Errorf("GOMEMLIMIT's divisor is %s: Go reads a plain number as bytes, so it must be 1", d.String())
+	}
+	if f := env["POD_NAMESPACE"]; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
+		t.Errorf("POD_NAMESPACE is not the pod's metadata.namespace: %+v", f)
 	}
 }
 
@@ -476,6 +489,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 	}
 }
 
+// TestRequiredWebhookCertificate protects the renders that must fail with a message naming
+// the value: a webhook certificate or ServiceAccount that is needed and not given, and a
+// control-plane namespace the operator would refuse.
 func TestRequiredWebhookCertificate(t *testing.T) {
 	ch := loadChart(t)
 	cases := []struct {
@@ -489,6 +505,12 @@ func TestRequiredWebhookCertificate(t *testing.T) {
 			"webhook.caBundle is required"},
 		{"no ServiceAccount name", map[string]any{"serviceAccount": map[string]any{"create": false}},
 			"serviceAccount.name is required"},
+		// The operator refuses a MeshControlPlane in these; a chart installed so would be
+		// of no use.
+		{"control plane in the release namespace", map[string]any{"controlPlaneNamespace": releaseNamespace},
+			"controlPlaneNamespace " + releaseNamespace + " is the release namespace, where the operator runs"},
+		{"control plane in kube-system", map[string]any{"controlPlaneNamespace": "kube-system"},
+			"controlPlaneNamespace kube-system is one of Kubernetes' own namespaces"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

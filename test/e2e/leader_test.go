@@ -12,8 +12,8 @@ import (
 )
 
 var _ = Describe("leader election", func() {
-	// The lock's events go through the operator's events.k8s.io recorder
-	// (internal/leaselock), not through a broadcaster of client-go's older API.
+	// controller-runtime's default lock records a core Event on the Lease, which the
+	// events.k8s.io API lists too (the leader-election Role grants core events).
 	It("records the operator's leadership as an event on its Lease", func(ctx SpecContext) {
 		Eventually(func(g Gomega) []string {
 			l := &eventsv1.EventList{}

@@ -76,5 +76,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The control-plane namespace: where the MeshControlPlane's spec.namespace installs istiod, and the only namespace the operator is granted Secrets in. */}}
 {{- define "capstan.controlPlaneNamespace" -}}
-{{- required "controlPlaneNamespace is required: the namespace of the mesh's control plane (MeshControlPlane spec.namespace)" .Values.controlPlaneNamespace }}
+{{- $ns := required "controlPlaneNamespace is required: the namespace of the mesh's control plane (MeshControlPlane spec.namespace)" .Values.controlPlaneNamespace }}
+{{- if eq $ns .Release.Namespace }}
+{{- fail (printf "controlPlaneNamespace %s is the release namespace, where the operator runs: the operator refuses a MeshControlPlane there; give the control plane a namespace of its own, such as istio-system" $ns) }}
+{{- end }}
+{{- if has $ns (list "kube-system" "kube-public" "kube-node-lease") }}
+{{- fail (printf "controlPlaneNamespace %s is one of Kubernetes' own namespaces, which cannot hold the control plane; use a namespace of its own, such as istio-system" $ns) }}
+{{- end }}
+{{- $ns }}
 {{- end }}

@@ -1,0 +1,138 @@
+package controllers_test
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/values"
+)
+
+// The CRD's CEL rules, enforced by envtest's kube-apiserver from config/crd/bases: the
+// Helm values Capstan owns, which CEL sees only because the CRD declares them inside the
+// preserve-unknown-fields spec.values, and where the control plane may run.
+
+// rawAt is a spec.values document that sets one dotted path.
+func rawAt(path string, val any) map[string]any {
+	parts := strings.Split(path, ".")
+	doc := map[string]any{parts[len(parts)-1]: val}
+	for _, p := range slices.Backward(parts[:len(parts)-1]) {
+		doc = map[string]any{p: doc}
+	}
+	return doc
+}
+
+// sampleFor is a value of the type the charts read at an owned path.
+func sampleFor(o values.OwnedValue) any {
+	return map[string]any{"string": "canary", "boolean": true, "array": []any{"prod"}, "object": map[string]any{"enabled": true}}[o.Type]
+}
+
+func withValues(m *meshv1.MeshControlPlane, doc map[string]any) *meshv1.MeshControlPlane {
+	GinkgoHelper()
+	b, err := json.Marshal(doc)
+	Expect(err).NotTo(HaveOccurred())
+	m.Spec.Values = &apiextensionsv1.JSON{Raw: b}
+	return m
+}
+
+// patchSpec merge-patches the stored MeshControlPlane's spec: no resourceVersion, so that
+// the controller's own writes to it do not conflict.
+func patchSpec(spec map[string]any) error {
+	b, err := json.Marshal(map[string]any{"spec": spec})
+	Expect(err).NotTo(HaveOccurred())
+	return k8sClient.Patch(ctx, mcp(""), client.RawPatch(types.MergePatchType, b))
+}
+
+// expectForbidden checks that err is the apiserver's refusal naming field and saying why.
+func expectForbidden(err error, field, why string) {
+	GinkgoHelper()
+	Expect(err).To(HaveOccurred())
+	Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want Invalid, got %v", err)
+	Expect(err.Error()).To(ContainSubstring(field + ": Forbidden"))
+	Expect(err.Error()).To(ContainSubstring(why))
+}
+
+var ownedEntries = func() []TableEntry {
+	var out []TableEntry
+	for _, o := range values.OwnedValues {
+		out = append(out, Entry(o.Path, o))
+	}
+	return out
+}()
+
+var _ = Describe("admission of what Capstan owns", func() {
+	DescribeTable("refuses an owned Helm value in spec.values at create, naming its path and what to do instead",
+		func(o values.OwnedValue) {
+			err := k8sClient.Create(ctx, withValues(mcp("adm-create"), rawAt(o.Path, sampleFor(o))), client.DryRunAll)
+			expectForbidden(err, o.Field(), o.Message())
+		},
+		ownedEntries,
+	)
+
+	It("admits other values beside and under an owned value's parents, and keeps them", func() {
+		m := withValues(mcp("adm-create"), map[string]any{
+			"global":  map[string]any{"hub": "registry.corp/istio", "logging": map[string]any{"level": "default:debug"}},
+			"pilot":   map[string]any{"env": map[string]any{"PILOT_TRACE_SAMPLING": "5"}, "global": map[string]any{"logAsJson": true}},
+			"base":    map[string]any{"excludedCRDs": []any{"wasmplugins.extensions.istio.io"}},
+			"meshID":  "corp",
+			"profile": nil, // a null is no value: Helm drops it
+		})
+		Expect(k8sClient.Create(ctx, m, client.DryRunAll)).To(Succeed())
+		var got map[string]any
+		Expect(json.Unmarshal(m.Spec.Values.Raw, &got)).To(Succeed())
+		Expect(got).To(HaveKeyWithValue("global", HaveKeyWithValue("hub", "registry.corp/istio")))
+		Expect(got).To(HaveKeyWithValue("pilot", HaveKeyWithValue("global", HaveKeyWithValue("logAsJson", true))))
+		Expect(got).To(HaveKeyWithValue("meshID", "corp"))
+	})
+
+	DescribeTable("refuses Kubernetes' own namespaces for the control plane",
+		func(ns string) {
+			m := mcp(ns)
+			err := k8sClient.Create(ctx, m, client.DryRunAll)
+			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want Invalid, got %v", err)
+			Expect(err.Error()).To(ContainSubstring("spec.namespace: Kubernetes' own namespaces"))
+		},
+		Entry("kube-system", "kube-system"),
+		Entry("kube-public", "kube-public"),
+		Entry("kube-node-lease", "kube-node-lease"),
+	)
+
+	Describe("a stored control plane whose namespace was defaulted", Ordered, func() {
+		BeforeAll(func() {
+			m := withValues(&meshv1.MeshControlPlane{}, map[string]any{"pilot": map[string]any{"env": map[string]any{"A": "b"}}})
+			m.Name = meshv1.SingletonName
+			Expect(k8sClient.Create(ctx, m)).To(Succeed())
+			Expect(getMCP().Spec.Namespace).To(Equal(values.DefaultNamespace))
+		})
+		AfterAll(deleteMCPAndWait)
+
+		It("refuses an update that adds an owned Helm value, naming its path", func() {
+			for _, o := range values.OwnedValues {
+				expectForbidden(patchSpec(map[string]any{"values": rawAt(o.Path, sampleFor(o))}), o.Field(), o.Message())
+			}
+		})
+
+		It("refuses a namespace change, saying how to move the control plane", func() {
+			err := patchSpec(map[string]any{"namespace": "adm-moved"})
+			expectForbidden(err, "spec.namespace", "spec.namespace: cannot be changed; to move the control plane, delete this MeshControlPlane")
+			Expect(err.Error()).To(ContainSubstring("create it again with the new spec.namespace"))
+			Expect(getMCP().Spec.Namespace).To(Equal(values.DefaultNamespace))
+		})
+
+		It("admits unrelated edits, and one that unsets the namespace (the default again)", func() {
+			Expect(patchSpec(map[string]any{"profile": "demo", "values": map[string]any{"global": map[string]any{"hub": "registry.corp/istio"}}})).To(Succeed())
+			Expect(patchSpec(map[string]any{"namespace": nil})).To(Succeed())
+			m := getMCP()
+			Expect(m.Spec.Profile).To(Equal("demo"))
+			Expect(m.Spec.Namespace).To(Equal(values.DefaultNamespace))
+		})
+	})
+})
