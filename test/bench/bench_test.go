@@ -68,8 +68,11 @@ func TestBench(t *testing.T) {
 	profileDir := os.Getenv("CAPSTAN_BENCH_PROFILE_DIR")
 	var results []run
 	for i := range runs {
-		// The Deployment's logging (info level, JSON), not the tests' debug logging.
-		opts := harness.OperatorOptions{LeaderElect: true, Args: []string{"--zap-devel=false"}}
+		// The Deployment's logging (info level, JSON), not the tests' debug logging, and
+		// what it sets through the downward API: its namespace and, from config/manager's
+		// memory limit (256Mi), GOMEMLIMIT.
+		opts := harness.OperatorOptions{LeaderElect: true, Args: []string{"--zap-devel=false"},
+			Env: []string{"POD_NAMESPACE=" + harness.OperatorNamespace, "GOMEMLIMIT=268435456"}}
 		pprofAddr := ""
 		if profileDir != "" {
 			pprofAddr = freeLoopbackAddr(t)

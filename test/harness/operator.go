@@ -49,6 +49,9 @@ type OperatorOptions struct {
 	LeaderElect bool
 	// Args are extra flags.
 	Args []string
+	// Env is added to the operator's environment (KEY=VALUE), such as what the Deployment
+	// sets through the downward API (POD_NAMESPACE, GOMEMLIMIT).
+	Env []string
 }
 
 // Operator is the Capstan binary running as a local process, with its ServiceAccount's
@@ -87,6 +90,7 @@ func StartOperator(ctx context.Context, c *Cluster, opts OperatorOptions) (*Oper
 		Name:    "capstan",
 		Path:    Bin("capstan"),
 		Args:    append(args, opts.Args...),
+		Env:     opts.Env,
 		LogPath: filepath.Join(dir, "capstan.log"),
 	})
 	if err != nil {
