@@ -6,6 +6,7 @@ package config_test
 import (
 	"bytes"
 	"context"
+	"github.com/capstan-mesh/capstan/internal/manifestcheck"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,12 +16,10 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsvalidation "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -262,22 +261,8 @@ func TestManagerEnvFromDownwardAPI(t *testing.T) {
 		if o.GetKind() != "Deployment" {
 			continue
 		}
-		c := convert[appsv1.Deployment](t, o).Spec.Template.Spec.Containers[0]
-		if c.Resources.Limits.Memory().IsZero() {
-			t.Error("no memory limit: GOMEMLIMIT would be the node's allocatable memory")
-		}
-		env := map[string]*corev1.EnvVarSource{}
-		for _, e := range c.Env {
-			env[e.Name] = e.ValueFrom
-		}
-		if f := env["GOMEMLIMIT"]; f == nil || f.ResourceFieldRef == nil || f.ResourceFieldRef.Resource != "limits.memory" ||
-			(f.ResourceFieldRef.ContainerName != "" && f.ResourceFieldRef.ContainerName != c.Name) {
-			t.Errorf("GOMEMLIMIT is not the container's limits.memory: %+v", f)
-		} else if d := f.ResourceFieldRef.Divisor; !d.IsZero() && d.Cmp(resource.MustParse("1")) != 0 {
-			t.Errorf("GOMEMLIMIT's divisor is %s: Go reads a plain number as bytes, so it must be 1", d.String())
-		}
-		if f := env["POD_NAMESPACE"]; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
-			t.Errorf("POD_NAMESPACE is not the pod's metadata.namespace: %+v", f)
+		for _, p := range manifestcheck.ManagerEnv(convert[appsv1.Deployment](t, o).Spec.Template.Spec.Containers[0]) {
+			t.Error(p)
 		}
 		return
 	}

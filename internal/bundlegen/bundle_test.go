@@ -3,6 +3,7 @@ package bundlegen_test
 import (
 	"bytes"
 	"fmt"
+	"github.com/capstan-mesh/capstan/internal/manifestcheck"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,8 +14,6 @@ import (
 	"github.com/operator-framework/api/pkg/validation"
 	"github.com/operator-framework/api/pkg/validation/errors"
 	interfaces "github.com/operator-framework/api/pkg/validation/interfaces"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/capstan-mesh/capstan/internal/bundlegen"
 )
@@ -175,21 +174,7 @@ func TestBundleManagerEnv(t *testing.T) {
 	if len(deps) != 1 || len(deps[0].Spec.Template.Spec.Containers) != 1 {
 		t.Fatalf("want one Deployment with one container, got %d", len(deps))
 	}
-	c := deps[0].Spec.Template.Spec.Containers[0]
-	if c.Resources.Limits.Memory().IsZero() {
-		t.Error("no memory limit: GOMEMLIMIT would be the node's allocatable memory")
-	}
-	env := map[string]*corev1.EnvVarSource{}
-	for _, e := range c.Env {
-		env[e.Name] = e.ValueFrom
-	}
-	if f := env["GOMEMLIMIT"]; f == nil || f.ResourceFieldRef == nil || f.ResourceFieldRef.Resource != "limits.memory" ||
-		(f.ResourceFieldRef.ContainerName != "" && f.ResourceFieldRef.ContainerName != c.Name) {
-		t.Errorf("GOMEMLIMIT is not the container's limits.memory: %+v", f)
-	} else if d := f.ResourceFieldRef.Divisor; !d.IsZero() && d.Cmp(resource.MustParse("1")) != 0 {
-		t.Errorf("GOMEMLIMIT's divisor is %s: Go reads a plain number as bytes, so it must be 1", d.String())
-	}
-	if f := env["POD_NAMESPACE"]; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
-		t.Errorf("POD_NAMESPACE is not the pod's metadata.namespace: %+v", f)
+	for _, p := range manifestcheck.ManagerEnv(deps[0].Spec.Template.Spec.Containers[0]) {
+		t.Error(p)
 	}
 }

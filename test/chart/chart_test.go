@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"github.com/capstan-mesh/capstan/internal/manifestcheck"
 	"maps"
 	"os"
 	"path/filepath"
@@ -19,7 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
@@ -201,18 +201,8 @@ func TestRenderVariants(t *testing.T) {
 // operator's namespace, which the webhook refuses for the control plane.
 func checkEnv(t *testing.T, c corev1.Container) {
 	t.Helper()
-	env := map[string]*corev1.EnvVarSource{}
-	for _, e := range c.Env {
-		env[e.Name] = e.ValueFrom
-	}
-	if f := env["GOMEMLIMIT"]; f == nil || f.ResourceFieldRef == nil || f.ResourceFieldRef.Resource != "limits.memory" ||
-		(f.ResourceFieldRef.ContainerName != "" && f.ResourceFieldRef.ContainerName != c.Name) {
-		t.Errorf("GOMEMLIMIT is not the container's limits.memory: %+v", f)
-	} else if d := f.ResourceFieldRef.Divisor; !d.IsZero() && d.Cmp(resource.MustParse("1")) != 0 {
-		t.Errorf("GOMEMLIMIT's divisor is %s: Go reads a plain number as bytes, so it must be 1", d.String())
-	}
-	if f := env["POD_NAMESPACE"]; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
-		t.Errorf("POD_NAMESPACE is not the pod's metadata.namespace: %+v", f)
+	for _, p := range manifestcheck.ManagerEnv(c) {
+		t.Error(p)
 	}
 }
 
