@@ -364,7 +364,8 @@ func (r *CAReconciler) checkCACerts(ctx context.Context, s *caScope) (ctrl.Resul
 func (r *CAReconciler) drive(ctx context.Context, s *caScope) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
 	for range 12 {
-		in := ca.Inputs{Policy: s.policy, State: s.state, Source: s.source, Now: s.now}
+		in := ca.Inputs{Policy: s.policy, State: s.state, Source: s.source, Now: s.now,
+			CACertsName: s.ns + "/" + CACertsSecret, StateName: s.ns + "/" + CAStateSecret}
 		if s.cacerts != nil {
 			in.CACerts = s.cacerts.Data
 		}
@@ -406,7 +407,11 @@ func (r *CAReconciler) drive(ctx context.Context, s *caScope) (ctrl.Result, erro
 			logger.Info("cacerts written", "phase", s.state.Rotation.Phase, "roots", s.state.TrustedRoots())
 		}
 		if ev := a.Event; ev != nil {
-			r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, ev.Reason, "CA", "%s", ev.Message)
+			typ := corev1.EventTypeNormal
+			if ev.Warning() {
+				typ = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(s.mcp, nil, typ, ev.Reason, "CA", "%s", ev.Message)
 		}
 	}
 	return ctrl.Result{RequeueAfter: time.Second}, nil
