@@ -28,9 +28,11 @@ func recoverState(in Inputs) (Action, bool) {
 		return Action{}, false
 	}
 	// Valid now is enough: material that expires within a workload certificate's lifetime
-	// is still what istiod signs with and what live certificates chain to. A TTL of 1ns
-	// makes Validate's lifetime check an expiry check.
-	if Validate(m, ValidateOptions{Now: in.Now, WorkloadCertTTL: time.Nanosecond, TrustDomain: in.Policy.TrustDomain}) != nil {
+	// is still what istiod signs with and what live certificates chain to. A TTL of one
+	// second makes Validate's lifetime check an expiry check; no shorter, for certificates
+	// hold whole seconds, and Validate's probe certificate, ending a shorter TTL after a now
+	// between two seconds, would have expired at now.
+	if Validate(m, ValidateOptions{Now: in.Now, WorkloadCertTTL: time.Second, TrustDomain: in.Policy.TrustDomain}) != nil {
 		return Action{}, false
 	}
 	m.Keys = KeyNames{}
