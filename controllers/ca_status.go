@@ -73,6 +73,8 @@ func (s *caScope) stateLostMessage() string {
 		s.ns, CAStateSecret, s.ns, CACertsSecret)
 	restore := fmt.Sprintf("restore secret %s/%s from a backup", s.ns, CAStateSecret)
 	switch {
+	case st.Rotation.Phase == ca.PhaseRollingBack:
+		return msg + fmt.Sprintf("The root rotation (%s) away from it is being rolled back at the user's request; CAReady stays False until a later rotation moves the mesh off it, or you %s", st.Rotation.Reason, restore)
 	case st.Rotation.Phase.InProgress():
 		towards := "a new root"
 		if st.Next.Source != ca.SourceSelfSigned {
