@@ -134,9 +134,14 @@ func run() error {
 	}
 	caMetrics := controllers.NewCAMetrics(time.Now)
 	metrics.Registry.MustRegister(caMetrics)
+	rootCerts, err := controllers.NewRootCertCache(mgr)
+	if err != nil {
+		return err
+	}
 	if err := (&controllers.CAReconciler{
 		Client:           mgr.GetClient(),
 		APIReader:        mgr.GetAPIReader(),
+		RootCerts:        rootCerts,
 		Recorder:         mgr.GetEventRecorder("capstan"),
 		Propagation:      caPropagation,
 		SecretNamespaces: secretNS,

@@ -2,17 +2,23 @@ package controllers
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"slices"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -47,10 +53,10 @@ const (
 // reach every sidecar, with clock skew on top.
 const DefaultCAPropagation = 3 * time.Minute
 
-// DefaultCAPollInterval is how often a rotation waiting on other components looks again:
-// those signals (ConfigMaps in every namespace) are read, not watched, to keep the cache
-// small.
-const DefaultCAPollInterval = 5 * time.Second
+// DefaultCAPollInterval is how often a rotation waiting on other components looks again
+// without being woken. Its signals are watched (istiod's istio-ca-root-cert ConfigMaps,
+// its Deployment, the namespaces): this is only a backstop.
+const DefaultCAPollInterval = time.Minute
 
 // DefaultCASourcePollInterval is how often a Provided CA's Secret, which the user owns and
 // Capstan does not cache, and cert-manager's Certificate are read again.
@@ -58,7 +64,7 @@ const DefaultCASourcePollInterval = 30 * time.Second
 
 // RBAC of the CA controller. Secrets are granted in the control-plane namespace only (see
 // docs/rbac.md for other namespaces and OLM); ConfigMaps are already readable cluster-wide
-// for the charts' objects, and the CA reads istiod's istio-ca-root-cert ones with them.
+// for the charts' objects, and the CA watches istiod's istio-ca-root-cert ones with them.
 //
 // Nothing is deleted: the CA's objects are owned by the MeshControlPlane and go with it.
 //
@@ -70,9 +76,12 @@ const DefaultCASourcePollInterval = 30 * time.Second
 // install, meeting it only through the cacerts Secret.
 type CAReconciler struct {
 	client.Client
-	// APIReader reads what is not cached: the user's provided Secret, cert-manager's
-	// Certificate and the istio-ca-root-cert ConfigMaps.
+	// APIReader reads what is not cached: the user's provided Secret and cert-manager's
+	// Certificate.
 	APIReader client.Reader
+	// RootCerts caches istiod's istio-ca-root-cert ConfigMaps, the signal that istiod
+	// published a trust bundle; build it with NewRootCertCache.
+	RootCerts cache.Cache
 	Recorder  events.EventRecorder
 	// Clock is the time source; a fake one in tests.
 	Clock clock.PassiveClock
@@ -91,10 +100,15 @@ type CAReconciler struct {
 	PollInterval, SourcePollInterval time.Duration
 }
 
-// SetupWithManager registers the CA controller. It watches the MeshControlPlane's spec and
+// SetupWithManager registers the CA controller. It watches the MeshControlPlane's spec,
 // Capstan's own Secrets (the state, cacerts and cert-manager's issued Secret, which
-// cert-manager labels as Capstan's at Capstan's request).
+// cert-manager labels as Capstan's at Capstan's request), and a rotation's signals:
+// istiod's istio-ca-root-cert ConfigMaps, istiod's Deployment, and the namespaces' labels
+// and deletion, which say which ConfigMaps count.
 func (r *CAReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.RootCerts == nil {
+		return errors.New("CAReconciler.RootCerts: required; build it with NewRootCertCache")
+	}
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
@@ -116,10 +130,29 @@ func (r *CAReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	caSecret := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return apply.Owned(o.GetLabels()) && o.GetLabels()[apply.ComponentLabel] == CAComponent
 	})
+	istiod := &unstructured.Unstructured{}
+	istiod.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
+	isIstiod := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return o.GetName() == "istiod" && apply.Owned(o.GetLabels())
+	})
+	// A namespace that starts terminating or changes labels may stop or start counting;
+	// new namespaces count only once istiod wrote their ConfigMap, itself an event.
+	servedChanged := predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero() ||
+				!maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+		},
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("meshca").
 		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Secret{}, toSingleton, builder.WithPredicates(caSecret)).
+		Watches(istiod, toSingleton, builder.WithPredicates(isIstiod)).
+		WatchesMetadata(metadataOf(namespaceGVK), toSingleton, builder.WithPredicates(servedChanged)).
+		WatchesRawSource(rootCertSource(r.RootCerts)).
 		Complete(r)
 }
 

@@ -20,10 +20,12 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -141,7 +143,7 @@ func expectNoKeysIn() {
 	b, err := json.Marshal(m.Status)
 	Expect(err).NotTo(HaveOccurred())
 	Expect(string(b)).NotTo(ContainSubstring("PRIVATE KEY"))
-	for _, reason := range []string{ca.EventIssued, ca.EventRotationStarted, ca.EventRotationPhase, ca.EventRotationDone, ca.EventRolledBack} {
+	for _, reason := range []string{ca.EventIssued, ca.EventRotationStarted, ca.EventRotationPhase, ca.EventRotationDone, ca.EventRolledBack, ca.EventStateLost} {
 		for _, e := range events(reason) {
 			Expect(e.Note).NotTo(ContainSubstring("PRIVATE KEY"))
 		}
@@ -508,5 +510,129 @@ var _ = Describe("the mesh CA of a MeshControlPlane deleted and made again", Ord
 		for _, e := range events(meshv1.ReasonDriftReverted) {
 			Expect(e.Regarding.UID).NotTo(Equal(uid), "istiod's first start reported as a repair: %s", e.Note)
 		}
+	})
+})
+
+var _ = Describe("the mesh CA when its state Secret is lost", Ordered, func() {
+	// app is served by istiod (it matches the discoverySelectors); other is not, and gone is
+	// terminating (envtest runs no namespace controller, so it stays so): istiod writes
+	// neither's istio-ca-root-cert, and each keeps a bundle of an unrelated root for ever.
+	const ns, app, other, gone = "ca-lost", "ca-lost-app", "ca-lost-other", "ca-lost-gone"
+	const meshLabel = "capstan.dev/test-mesh"
+	var before *corev1.Secret // cacerts when the state Secret was lost
+	AfterAll(func() {
+		deleteMCPAndWait()
+		for _, n := range []string{ns, app, other, gone} {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: n, Name: controllers.RootCertConfigMap}}
+			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, cm))).To(Succeed(), "later specs count ConfigMaps in namespaces that are not terminating")
+		}
+	})
+
+	It("issues a CA with automatic rotation off, istiod serving the namespaces its discoverySelectors select", func() {
+		for n, labels := range map[string]map[string]string{ns: nil, app: {meshLabel: "on"}, other: nil, gone: {meshLabel: "on"}} {
+			Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: labels}})).To(Succeed())
+		}
+		m := mcp(ns)
+		caSpec(m).WorkloadCertTTL = &metav1.Duration{Duration: time.Hour}
+		caSpec(m).Rotation = &meshv1.CARotationSpec{Automatic: ptr.To(false)}
+		m.Spec.Values = &apiextensionsv1.JSON{Raw: []byte(`{"meshConfig":{"discoverySelectors":[{"matchLabels":{"` + meshLabel + `":"on"}}]}}`)}
+		Expect(k8sClient.Create(ctx, m)).To(Succeed())
+		Eventually(condition(meshv1.ConditionCAReady)).Should(HaveField("Status", metav1.ConditionTrue))
+		Eventually(ownedRefs).Should(ContainElement("Deployment " + ns + "/istiod"))
+		markAvailable(ns)
+		publishBundle(ns, ns, app)
+
+		unrelated, _ := authority(1000*time.Hour, 500*time.Hour)
+		for _, n := range []string{other, gone} {
+			Expect(k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: n, Name: controllers.RootCertConfigMap},
+				Data: map[string]string{"root-cert.pem": string(pemCert(unrelated.Cert))}})).To(Succeed())
+		}
+		Expect(k8sClient.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: gone}})).To(Succeed())
+		Eventually(func(g Gomega) {
+			n := &corev1.Namespace{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: gone}, n)).To(Succeed())
+			g.Expect(n.DeletionTimestamp).NotTo(BeNil())
+		}).Should(Succeed())
+	})
+
+	It("keeps cacerts byte for byte, says the state was lost, and waits for a request while automatic rotation is off", func() {
+		before = secret(ns, controllers.CACertsSecret)(Default)
+		lost := secret(ns, controllers.CAStateSecret)(Default)
+		Expect(k8sClient.Delete(ctx, lost)).To(Succeed())
+
+		Eventually(condition(meshv1.ConditionCAReady)).Should(And(
+			HaveField("Status", metav1.ConditionFalse),
+			HaveField("Reason", meshv1.ReasonCAStateLost),
+			HaveField("Message", ContainSubstring("secret "+ns+"/"+controllers.CAStateSecret+", which held the CA's state and root key, was lost")),
+			HaveField("Message", ContainSubstring("set spec.security.ca.rotation.requestedAt")),
+			HaveField("Message", ContainSubstring("restore secret "+ns+"/"+controllers.CAStateSecret+" from a backup"))))
+		uid := getMCP().UID
+		Eventually(func() []eventsv1.Event {
+			var out []eventsv1.Event
+			for _, e := range events(ca.EventStateLost) {
+				if e.Regarding.UID == uid {
+					out = append(out, e)
+				}
+			}
+			return out
+		}).Should(ContainElement(And(HaveField("Type", corev1.EventTypeWarning), HaveField("Note", ContainSubstring(ns+"/"+controllers.CAStateSecret)))))
+
+		state := secret(ns, controllers.CAStateSecret)(Default)
+		Expect(state.UID).NotTo(Equal(lost.UID), "the state is written again")
+		Expect(state.Annotations[ca.StateAnnotation]).To(ContainSubstring(`"activeSource":"Recovered:` + ns + `/` + controllers.CACertsSecret + `"`))
+		Expect(state.Data).NotTo(HaveKey(ca.RootKeyName), "the root key is not invented")
+		Expect(state.Data["ca-cert.pem"]).To(Equal(before.Data["ca-cert.pem"]))
+
+		// The recovered state was written: time passing changes nothing until a request.
+		caClock.Step(2 * time.Hour)
+		Consistently(func(g Gomega) {
+			now := secret(ns, controllers.CACertsSecret)(g)
+			g.Expect(now.ResourceVersion).To(Equal(before.ResourceVersion))
+			g.Expect(now.Data).To(Equal(before.Data))
+			g.Expect(caStatus(g).Phase).To(Equal(string(ca.PhaseIdle)))
+		}, "1500ms").Should(Succeed())
+		Expect(condition(meshv1.ConditionCARotating)(Default)).To(HaveField("Status", metav1.ConditionFalse))
+		expectNoKeysIn()
+	})
+
+	It("rotates to a new root, trusted beside the old first, once automatic rotation is on, counting only the namespaces istiod serves", func() {
+		oldRoots := cacertsRoots(Default, ns)
+		m := getMCP()
+		caSpec(m).Rotation.Automatic = ptr.To(true)
+		Expect(k8sClient.Update(ctx, m)).To(Succeed())
+
+		By("Trusting: both roots in cacerts, the recovered intermediate still signing")
+		Eventually(func(g Gomega) { g.Expect(caStatus(g).Phase).To(Equal(string(ca.PhaseTrusting))) }).Should(Succeed())
+		Eventually(func(g Gomega) []string { return cacertsRoots(g, ns) }).Should(HaveLen(2))
+		Expect(cacertsRoots(Default, ns)).To(ContainElements(oldRoots))
+		now := secret(ns, controllers.CACertsSecret)(Default)
+		for _, k := range []string{"ca-cert.pem", "ca-key.pem", "cert-chain.pem"} {
+			Expect(now.Data[k]).To(Equal(before.Data[k]), "%s changed before the new root is trusted", k)
+		}
+		Eventually(condition(meshv1.ConditionCAReady)).Should(And(
+			HaveField("Status", metav1.ConditionFalse),
+			HaveField("Reason", meshv1.ReasonCAStateLost),
+			HaveField("Message", ContainSubstring("A root rotation ("+ca.RotationStateLost+") to a new root is under way, in phase Trusting"))))
+		Expect(condition(meshv1.ConditionCARotating)(Default)).To(HaveField("Status", metav1.ConditionTrue))
+		Expect(caStatus(Default).RotationReason).To(Equal(ca.RotationStateLost))
+
+		By("istiod publishes both roots where it serves; the stale ConfigMaps elsewhere do not hold Trusting")
+		publishBundle(ns, ns, app)
+		Eventually(func(g Gomega) { g.Expect(caStatus(g).NextAction).NotTo(BeNil()) }).Should(Succeed())
+		caClock.Step(2 * time.Minute)
+		Eventually(func(g Gomega) string { return caStatus(g).Phase }).Should(Equal(string(ca.PhaseSoaking)))
+		Expect(secret(ns, controllers.CACertsSecret)(Default).Data["ca-cert.pem"]).NotTo(Equal(before.Data["ca-cert.pem"]))
+		Expect(cacertsRoots(Default, ns)).To(HaveLen(2))
+
+		By("after the soak, the new root alone; Done once istiod publishes it, and the CA is ready")
+		caClock.Step(62 * time.Minute)
+		Eventually(func(g Gomega) string { return caStatus(g).Phase }).Should(Equal(string(ca.PhaseFinalizing)))
+		Eventually(func(g Gomega) []string { return cacertsRoots(g, ns) }).Should(HaveLen(1))
+		Expect(cacertsRoots(Default, ns)).NotTo(ContainElements(oldRoots))
+		publishBundle(ns, ns, app)
+		Eventually(func(g Gomega) string { return caStatus(g).Phase }).Should(Equal(string(ca.PhaseDone)))
+		Eventually(condition(meshv1.ConditionCAReady)).Should(And(HaveField("Status", metav1.ConditionTrue), HaveField("Reason", meshv1.ReasonCAIssued)))
+		Expect(secret(ns, controllers.CAStateSecret)(Default).Data).To(HaveKey(ca.RootKeyName), "Capstan holds the new root's key")
+		expectNoKeysIn()
 	})
 })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -363,14 +362,16 @@ func (r *CAReconciler) checkCACerts(ctx context.Context, s *caScope) (ctrl.Resul
 // drive runs the state machine: one decision, one write, until it has nothing to write.
 func (r *CAReconciler) drive(ctx context.Context, s *caScope) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
+	served := s.served(ctx)
 	for range 12 {
-		in := ca.Inputs{Policy: s.policy, State: s.state, Source: s.source, Now: s.now}
+		in := ca.Inputs{Policy: s.policy, State: s.state, Source: s.source, Now: s.now,
+			CACertsName: s.ns + "/" + CACertsSecret, StateName: s.ns + "/" + CAStateSecret}
 		if s.cacerts != nil {
 			in.CACerts = s.cacerts.Data
 		}
 		if s.state != nil && s.state.Rotation.Phase.InProgress() {
 			var err error
-			if in.Published, err = r.published(ctx, s.state.TrustedRoots()); err != nil {
+			if in.Published, err = r.published(ctx, served, s.state.TrustedRoots()); err != nil {
 				return ctrl.Result{}, err
 			}
 			if in.IstiodReady, err = r.istiodReady(ctx, s.ns); err != nil {
@@ -406,14 +407,19 @@ func (r *CAReconciler) drive(ctx context.Context, s *caScope) (ctrl.Result, erro
 			logger.Info("cacerts written", "phase", s.state.Rotation.Phase, "roots", s.state.TrustedRoots())
 		}
 		if ev := a.Event; ev != nil {
-			r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, ev.Reason, "CA", "%s", ev.Message)
+			typ := corev1.EventTypeNormal
+			if ev.Warning() {
+				typ = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(s.mcp, nil, typ, ev.Reason, "CA", "%s", ev.Message)
 		}
 	}
 	return ctrl.Result{RequeueAfter: time.Second}, nil
 }
 
-// requeue is when to look again: soon while a rotation waits on other components, at the
-// next timed action otherwise, and at least as often as unwatched inputs need.
+// requeue is when to look again: at the next timed action, at least as often as unwatched
+// inputs need, and, while a rotation waits on other components (whose signals are
+// watched), at the backstop poll.
 func (s *caScope) requeue() ctrl.Result {
 	after := time.Duration(0)
 	if !s.wake.IsZero() {
@@ -460,28 +466,6 @@ func (r *CAReconciler) writeSecret(ctx context.Context, s *caScope, existing *co
 
 func ownerRef(mcp *meshv1.MeshControlPlane) metav1.OwnerReference {
 	return *metav1.NewControllerRef(mcp, meshv1.GroupVersion.WithKind("MeshControlPlane"))
-}
-
-// published says whether every istio-ca-root-cert ConfigMap holds exactly the roots want:
-// istiod has loaded the bundle and published it to every namespace.
-func (r *CAReconciler) published(ctx context.Context, want []string) (bool, error) {
-	cont, seen := "", 0
-	for {
-		l := &corev1.ConfigMapList{}
-		if err := r.APIReader.List(ctx, l, client.MatchingFields{"metadata.name": RootCertConfigMap}, client.Limit(500), client.Continue(cont)); err != nil {
-			return false, fmt.Errorf("listing %s ConfigMaps: %w", RootCertConfigMap, err)
-		}
-		for i := range l.Items {
-			roots, err := ca.ParseBundle([]byte(l.Items[i].Data["root-cert.pem"]))
-			if err != nil || !slices.Equal(ca.Fingerprints(roots), want) {
-				return false, nil
-			}
-			seen++
-		}
-		if cont = l.Continue; cont == "" {
-			return seen > 0, nil
-		}
-	}
 }
 
 // istiodReady says whether the istiod Deployment has rolled out and every replica is

@@ -45,6 +45,8 @@ func (s *caScope) summarize() {
 		setCondition(s.mcp, meshv1.ConditionCAReady, metav1.ConditionFalse, s.problem.reason, s.problem.message)
 	case s.state == nil:
 		setCondition(s.mcp, meshv1.ConditionCAReady, metav1.ConditionFalse, meshv1.ReasonCAWaiting, "waiting for the control-plane namespace to issue the mesh CA")
+	case s.state.Active.Recovered():
+		setCondition(s.mcp, meshv1.ConditionCAReady, metav1.ConditionFalse, meshv1.ReasonCAStateLost, s.stateLostMessage())
 	default:
 		setCondition(s.mcp, meshv1.ConditionCAReady, metav1.ConditionTrue, meshv1.ReasonCAIssued,
 			fmt.Sprintf("istiod signs with %s", s.state.Serve()))
@@ -61,6 +63,29 @@ func (s *caScope) summarize() {
 	default:
 		setCondition(s.mcp, meshv1.ConditionCARotating, metav1.ConditionFalse, meshv1.ReasonNoRotation, "no root rotation has run")
 	}
+}
+
+// stateLostMessage says, while istiod signs with a CA recovered from cacerts after the
+// state Secret was lost, what happened and what happens next.
+func (s *caScope) stateLostMessage() string {
+	st := s.state
+	msg := fmt.Sprintf("secret %s/%s, which held the CA's state and root key, was lost; Capstan took the CA back from secret %s/%s without its root key, and istiod keeps signing with it, so every workload certificate stays trusted. ",
+		s.ns, CAStateSecret, s.ns, CACertsSecret)
+	restore := fmt.Sprintf("restore secret %s/%s from a backup", s.ns, CAStateSecret)
+	switch {
+	case st.Rotation.Phase == ca.PhaseRollingBack:
+		return msg + fmt.Sprintf("The root rotation (%s) away from it is being rolled back at the user's request; CAReady stays False until a later rotation moves the mesh off it, or you %s", st.Rotation.Reason, restore)
+	case st.Rotation.Phase.InProgress():
+		towards := "a new root"
+		if st.Next.Source != ca.SourceSelfSigned {
+			towards = "the roots of " + st.Next.Source
+		}
+		return msg + fmt.Sprintf("A root rotation (%s) to %s is under way, in phase %s; CAReady turns True once it is done", st.Rotation.Reason, towards, st.Rotation.Phase)
+	case s.policy.Source != ca.SourceSelfSigned:
+		return msg + "The rotation to " + s.policy.Source + " was rolled back: put a new root in its Secret to rotate again, or " + restore
+	}
+	return msg + fmt.Sprintf("Without the root key Capstan can neither renew the intermediate (it expires %s) nor rotate the root by itself: set spec.security.ca.rotation.requestedAt to the current time to rotate to a new root without breaking trust, or %s",
+		st.Active.Material.Intermediate.Cert.NotAfter.UTC().Format(time.RFC3339), restore)
 }
 
 func timePtr(t time.Time) *metav1.Time {

@@ -66,9 +66,12 @@ var _ = BeforeSuite(func() {
 		KubeVersion: sv.GitVersion,
 	}).SetupWithManager(mgr)).To(Succeed())
 	caClock = clocktesting.NewFakeClock(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC))
+	rootCerts, err := controllers.NewRootCertCache(mgr)
+	Expect(err).NotTo(HaveOccurred())
 	Expect((&controllers.CAReconciler{
 		Client:             mgr.GetClient(),
 		APIReader:          mgr.GetAPIReader(),
+		RootCerts:          rootCerts,
 		Recorder:           mgr.GetEventRecorder("capstan"),
 		Clock:              caClock,
 		Propagation:        time.Minute,

@@ -210,4 +210,7 @@ const (
 	ReasonCertManagerNotReady = "CertificateNotReady"
 	ReasonNoRotation          = "NoRotation"
 	ReasonCAForbidden         = "SecretsForbidden"
+	// ReasonCAStateLost: the CA's state Secret, with the root key, was lost; istiod keeps
+	// the CA in cacerts until a root rotation moves the mesh off it.
+	ReasonCAStateLost = "CAStateLost"
 )

@@ -33,8 +33,12 @@ type Inputs struct {
 	State *State
 	// Source is the validated material of a Provided or CertManager CA; nil for SelfSigned.
 	Source *Material
-	// CACerts is the Data of istiod's cacerts Secret; nil when it does not exist.
+	// CACerts is the Data of istiod's cacerts Secret, which Capstan wrote; nil when it does
+	// not exist.
 	CACerts map[string][]byte
+	// CACertsName and StateName are "namespace/name" of the cacerts Secret and of the state
+	// Secret, for the Source of a recovered authority and for messages.
+	CACertsName, StateName string
 	// Published and IstiodReady are the rotation's signals (see Signals).
 	Published, IstiodReady bool
 	Now                    time.Time
@@ -72,18 +76,25 @@ type Event struct {
 	Reason, Message string
 }
 
+// Warning says whether e is something the user should look into: an Event of type Warning.
+func (e Event) Warning() bool {
+	return e.Reason == EventStateLost
+}
+
 // Rotation reasons.
 const (
 	RotationRequested       = "Requested"
 	RotationRootExpiring    = "RootExpiring"
 	RotationSourceChanged   = "SourceChanged"
 	RotationKeyAlgorithm    = "KeyAlgorithmChanged"
+	RotationStateLost       = "StateLost" // the root key went with the state Secret
 	EventIssued             = "CAIssued"
 	EventIntermediateRenewd = "IntermediateRenewed"
 	EventRotationStarted    = "RotationStarted"
 	EventRotationPhase      = "RotationPhase"
 	EventRotationDone       = "RotationDone"
 	EventRolledBack         = "RotationRolledBack"
+	EventStateLost          = "CAStateLost" // cacerts outlived the state Secret
 )
 
 // Generator makes new CA material. Tests count its calls to prove a rotation never makes a
@@ -113,6 +124,9 @@ func Decide(in Inputs, gen Generator) (Action, error) {
 	p := in.Policy
 	st := in.State
 	if st == nil {
+		if a, ok := recoverState(in); ok {
+			return a, nil
+		}
 		a, err := firstAuthority(in, gen)
 		if err != nil {
 			return Action{}, err
@@ -217,6 +231,13 @@ func atRest(in Inputs, gen Generator) (Action, error) {
 	case requested:
 		reason = RotationRequested
 	case held:
+	case st.Active.Recovered():
+		// Without the root key the intermediate cannot be renewed: the only way on is a new
+		// root, by a rotation, which keeps the recovered one trusted until nothing it signed
+		// is still valid. Automatic rotation takes it at once; otherwise the user asks.
+		if p.Automatic {
+			reason = RotationStateLost
+		}
 	case st.Active.Source != SourceSelfSigned || st.Active.RootKey == nil:
 		reason = RotationSourceChanged
 	case p.Automatic && !now.Before(rootRenewAt(st, p)):
@@ -231,7 +252,7 @@ func atRest(in Inputs, gen Generator) (Action, error) {
 		}
 		return start(reason, next, handled), nil
 	}
-	if p.Automatic && !now.Before(intermediateRenewAt(st, p)) && intermediateWouldOutlast(st, p, now) {
+	if p.Automatic && st.Active.RootKey != nil && !now.Before(intermediateRenewAt(st, p)) && intermediateWouldOutlast(st, p, now) {
 		root := &KeyPair{Cert: st.Active.Material.Roots[0], Key: st.Active.RootKey}
 		inter, err := gen.NewIntermediate(root, IntermediateOptions{Algorithm: p.KeyAlgorithm, TrustDomain: p.TrustDomain, TTL: p.IntermediateTTL, Now: now})
 		if err != nil {
@@ -310,6 +331,9 @@ func waitingFor(phase Phase, s Signals, wake time.Time) string {
 
 // nextRenewal is when automatic renewal next acts, and what it will do.
 func nextRenewal(st *State, p Policy) (time.Time, string) {
+	if st.Active.Recovered() && p.Source == SourceSelfSigned {
+		return time.Time{}, "nothing until a rotation is requested (spec.security.ca.rotation.requestedAt): the root key was lost with the CA state, so Capstan can neither renew the intermediate nor rotate the root by itself"
+	}
 	if !p.Automatic || p.Source != SourceSelfSigned || st.Active.RootKey == nil {
 		return time.Time{}, ""
 	}

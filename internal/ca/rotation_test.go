@@ -75,6 +75,7 @@ type world struct {
 	// phase that begins and ends within one reconcile.
 	beforeDecide func(*world)
 	nextRoots    map[string]bool // every next root ever persisted
+	events       []Event         // the events of the writes made, oldest first
 }
 
 func newWorld(t *testing.T, p Policy) *world {
@@ -128,6 +129,7 @@ func (w *world) reconcile() Action {
 			published = slices.Equal(l.roots, st.TrustedRoots())
 		}
 		a, err := Decide(Inputs{Policy: w.policy, State: st, Source: w.source, CACerts: w.cacerts,
+			CACertsName: "istio-system/cacerts", StateName: "istio-system/capstan-ca",
 			Published: published, IstiodReady: w.istiodOK, Now: w.now}, w.gen)
 		if err != nil {
 			w.t.Fatalf("Decide at %s: %v", w.now, err)
@@ -165,6 +167,9 @@ func (w *world) reconcile() Action {
 				w.t.Fatalf("cacerts written by Decide is not valid for istiod: %v", err)
 			}
 			w.history = append(w.history, loaded{at: w.now.Add(simLag), data: a.CACerts, roots: Fingerprints(m.Roots)})
+		}
+		if a.Event != nil {
+			w.events = append(w.events, *a.Event)
 		}
 	}
 	w.t.Fatalf("Decide did not settle at %s", w.now)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -22,6 +23,17 @@ type Authority struct {
 
 // SourceSelfSigned is the Source of an Authority Capstan generated.
 const SourceSelfSigned = "SelfSigned"
+
+// SourceRecoveredPrefix begins the Source of an Authority rebuilt from istiod's cacerts
+// Secret after the state Secret was lost ("Recovered:<namespace>/cacerts"). Such an
+// authority has no root key: Capstan can neither renew its intermediate nor sign under its
+// root, only rotate away from it.
+const SourceRecoveredPrefix = "Recovered:"
+
+// Recovered says whether a was rebuilt from cacerts after the state Secret was lost.
+func (a *Authority) Recovered() bool {
+	return a != nil && strings.HasPrefix(a.Source, SourceRecoveredPrefix)
+}
 
 // RootFingerprints are the SHA-256 fingerprints of a's roots, sorted.
 func (a *Authority) RootFingerprints() []string {

@@ -324,6 +324,10 @@ var _ = Describe("the mesh CA's root rotation with the real istiod", Ordered, fu
 		Expect(after.RootFingerprints).NotTo(Equal(before.RootFingerprints))
 		expectCARotating(ctx, meshv1.ReasonCARotated)
 	}, SpecTimeout(3*time.Minute))
+
+	It("keeps istiod signing with its CA when the state Secret is lost, and rotates to a new root without one failed handshake", func(ctx SpecContext) {
+		lostStateRotation(ctx, probe)
+	}, SpecTimeout(3*time.Minute))
 })
 
 // meshProbe stands in for the mesh's sidecars: it asks istiod for workload certificates at
