@@ -26,6 +26,7 @@ import (
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/ca"
+	"github.com/capstan-mesh/capstan/internal/render"
 )
 
 // Names of the objects the CA controller keeps in the control-plane namespace.
@@ -133,7 +134,7 @@ func (r *CAReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	istiod := &unstructured.Unstructured{}
 	istiod.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
 	isIstiod := predicate.NewPredicateFuncs(func(o client.Object) bool {
-		return o.GetName() == "istiod" && apply.Owned(o.GetLabels())
+		return apply.Owned(o.GetLabels()) && o.GetLabels()[apply.ComponentLabel] == render.Istiod.Name
 	})
 	// A namespace that starts terminating or changes labels may stop or start counting;
 	// new namespaces count only once istiod wrote their ConfigMap, itself an event.

@@ -21,6 +21,7 @@ import (
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/ca"
+	"github.com/capstan-mesh/capstan/internal/render"
 	"github.com/capstan-mesh/capstan/internal/values"
 )
 
@@ -468,17 +469,29 @@ func ownerRef(mcp *meshv1.MeshControlPlane) metav1.OwnerReference {
 	return *metav1.NewControllerRef(mcp, meshv1.GroupVersion.WithKind("MeshControlPlane"))
 }
 
-// istiodReady says whether the istiod Deployment has rolled out and every replica is
-// available.
+// istiodReady says whether every istiod Deployment of the control plane (one per
+// revision, each signing with cacerts) has rolled out with every replica available; false
+// while there is none.
 func (r *CAReconciler) istiodReady(ctx context.Context, ns string) (bool, error) {
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
-	if err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: "istiod"}, u); err != nil {
-		return false, client.IgnoreNotFound(err)
+	l := &unstructured.UnstructuredList{}
+	l.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("DeploymentList"))
+	if err := r.List(ctx, l, client.InNamespace(ns), client.MatchingLabels{apply.ManagedByLabel: apply.ManagedByValue, apply.ComponentLabel: render.Istiod.Name}); err != nil {
+		return false, fmt.Errorf("listing istiod's Deployments in %s: %w", ns, err)
 	}
-	d := &appsv1.Deployment{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, d); err != nil {
-		return false, err
+	found := false
+	for i := range l.Items {
+		u := &l.Items[i]
+		if inv, ok := apply.InventoryOf(u.GetLabels()); !ok || inv.Writer != apply.WriterInstall || u.GetDeletionTimestamp() != nil {
+			continue
+		}
+		d := &appsv1.Deployment{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, d); err != nil {
+			return false, err
+		}
+		if !deploymentStatus(d.Name, d).Ready {
+			return false, nil
+		}
+		found = true
 	}
-	return deploymentStatus("istiod", d).Ready, nil
+	return found, nil
 }
