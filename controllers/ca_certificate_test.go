@@ -72,7 +72,7 @@ func typedCertificate(t *testing.T, s *caScope) *unstructured.Unstructured {
 	if renew.Duration >= duration.Duration {
 		renew = &metav1.Duration{Duration: duration.Duration / 3}
 	}
-	labels := map[string]string{apply.ManagedByLabel: apply.ManagedByValue, apply.ComponentLabel: CAComponent}
+	labels := map[string]string{apply.ManagedByLabel: apply.ManagedByValue, apply.ComponentLabel: CAComponent, apply.WriterLabel: apply.WriterCA}
 	c := &cmapi.Certificate{
 		TypeMeta:   metav1.TypeMeta{APIVersion: cmapi.SchemeGroupVersion.String(), Kind: "Certificate"},
 		ObjectMeta: metav1.ObjectMeta{Name: CertManagerCertificate, Namespace: s.ns, Labels: labels},

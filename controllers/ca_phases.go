@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -277,7 +278,10 @@ func certificateFor(s *caScope) *unstructured.Unstructured {
 	if trustDomain == "" {
 		trustDomain = ca.DefaultTrustDomain
 	}
-	labels := map[string]any{apply.ManagedByLabel: apply.ManagedByValue, apply.ComponentLabel: CAComponent}
+	labels := map[string]any{}
+	for k, v := range caInventory.Labels() {
+		labels[k] = v
+	}
 	issuer := map[string]any{"name": cm.IssuerRef.Name}
 	if cm.IssuerRef.Kind != "" {
 		issuer["kind"] = cm.IssuerRef.Kind
@@ -447,7 +451,7 @@ func (r *CAReconciler) writeSecret(ctx context.Context, s *caScope, existing *co
 	if existing == nil {
 		sec := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.ns, Annotations: annotations,
-				Labels:          map[string]string{apply.ManagedByLabel: apply.ManagedByValue, apply.ComponentLabel: CAComponent},
+				Labels:          caInventory.Labels(),
 				OwnerReferences: []metav1.OwnerReference{ownerRef(s.mcp)}},
 			Type: corev1.SecretTypeOpaque,
 			Data: data,
@@ -456,6 +460,10 @@ func (r *CAReconciler) writeSecret(ctx context.Context, s *caScope, existing *co
 	}
 	sec := existing.DeepCopy()
 	sec.Data = data
+	if sec.Labels == nil {
+		sec.Labels = map[string]string{}
+	}
+	maps.Copy(sec.Labels, caInventory.Labels()) // Secrets written before the writer label gain it
 	for k, v := range annotations {
 		if sec.Annotations == nil {
 			sec.Annotations = map[string]string{}
@@ -464,6 +472,9 @@ func (r *CAReconciler) writeSecret(ctx context.Context, s *caScope, existing *co
 	}
 	return sec, r.Update(ctx, sec)
 }
+
+// caInventory labels what the CA controller writes.
+var caInventory = apply.Inventory{Component: CAComponent, Writer: apply.WriterCA}
 
 func ownerRef(mcp *meshv1.MeshControlPlane) metav1.OwnerReference {
 	return *metav1.NewControllerRef(mcp, meshv1.GroupVersion.WithKind("MeshControlPlane"))
