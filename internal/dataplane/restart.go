@@ -191,16 +191,19 @@ type RestartState struct {
 // RestartStateOf reads a workload's restart state from its annotations.
 func RestartStateOf(annotations map[string]string) (RestartState, error) {
 	s := RestartState{For: annotations[RestartedForAnnotation]}
-	for key, t := range map[string]*time.Time{RestartedAtAnnotation: &s.At, RestartCompletedAtAnnotation: &s.CompletedAt} {
-		v, ok := annotations[key]
+	for _, a := range [...]struct {
+		key string
+		t   *time.Time
+	}{{RestartedAtAnnotation, &s.At}, {RestartCompletedAtAnnotation, &s.CompletedAt}} {
+		v, ok := annotations[a.key]
 		if !ok {
 			continue
 		}
 		parsed, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			return RestartState{}, fmt.Errorf("annotation %s: %q is not an RFC 3339 time", key, v)
+			return RestartState{}, fmt.Errorf("annotation %s: %q is not an RFC 3339 time", a.key, v)
 		}
-		*t = parsed
+		*a.t = parsed
 	}
 	return s, nil
 }
@@ -228,6 +231,7 @@ func Decide(in Inputs) Decision {
 		p.Timeout = DefaultRestartTimeout
 	}
 	now := in.Now.UTC().Truncate(time.Second)
+	never := policyName(p.Restart) == RestartNever
 	var (
 		d          Decision
 		lastEnd    time.Time // the last completion or timeout of a restart
@@ -249,34 +253,35 @@ func Decide(in Inputs) Decision {
 			continue
 		}
 		deadline := st.At.Add(p.Timeout)
-		if st.running() {
-			switch {
-			case w.GenerationObserved && w.RolloutComplete:
-				if d.Action.Kind == ActionNone && policyName(p.Restart) != RestartNever {
-					d.Action = Action{Kind: ActionCompleted, Workload: w.WorkloadRef, At: now}
-				}
-				d.InProgress++
-				item(w, StatusRestarting, "restarted at %s; its rollout is complete and available", formatTime(st.At))
-				continue
-			case now.Before(deadline):
-				d.InProgress++
-				wake(deadline, w.String()+" times out")
-				item(w, StatusRestarting, "restarted at %s; waiting for its rollout to complete and be available (timeout %s)", formatTime(st.At), p.Timeout)
-				continue
+		switch complete := w.GenerationObserved && w.RolloutComplete; {
+		case !st.running():
+			lastEnd = later(lastEnd, st.CompletedAt)
+		case complete && never:
+			// Never records nothing, but this restart is over all the same.
+		case complete:
+			if d.Action.Kind == ActionNone {
+				d.Action = Action{Kind: ActionCompleted, Workload: w.WorkloadRef, At: now}
 			}
+			d.InProgress++
+			item(w, StatusRestarting, "restarted at %s; its rollout is complete and available", formatTime(st.At))
+			continue
+		case now.Before(deadline):
+			d.InProgress++
+			wake(deadline, w.String()+" times out")
+			item(w, StatusRestarting, "restarted at %s; waiting for its rollout to complete and be available (timeout %s)", formatTime(st.At), p.Timeout)
+			continue
+		default:
 			lastEnd = later(lastEnd, deadline)
 			if w.Pods == 0 || st.For == w.Target {
 				item(w, StatusTimedOut, "did not become available within %s of its restart at %s; skipped", p.Timeout, formatTime(st.At))
 				continue
 			}
 			// Timed out for an older target: the new one is a new attempt.
-		} else if !st.CompletedAt.IsZero() {
-			lastEnd = later(lastEnd, st.CompletedAt)
 		}
 		if w.Pods == 0 {
 			continue
 		}
-		stale := fmt.Sprintf("%d stale pods (%s)", w.Pods, w.Reason)
+		stale := fmt.Sprintf("stale pods: %d (%s)", w.Pods, w.Reason)
 		switch {
 		case !w.Restartable():
 			item(w, StatusNotRestartable, "%s; %s", stale, w.whyNotRestartable())

@@ -60,7 +60,11 @@ func TestDecide(t *testing.T) {
 		},
 		"Never writes nothing, not even a completion": {
 			Policy{}, []Workload{{StaleWorkload: stale("a", VersionChanged)}, {StaleWorkload: stale("b", VersionChanged), Annotations: restarted(t0.Add(-time.Minute), target, time.Time{}), GenerationObserved: true, RolloutComplete: true}},
-			ActionNone, "", map[string]Status{"a": StatusNotRestarted, "b": StatusRestarting}, time.Time{}, 1,
+			ActionNone, "", map[string]Status{"a": StatusNotRestarted, "b": StatusNotRestarted}, time.Time{}, 0,
+		},
+		"Never after a plan began: a restart still rolling is in progress": {
+			Policy{}, []Workload{running(stale("a", VersionChanged), t0.Add(-time.Minute))},
+			ActionNone, "", map[string]Status{"a": StatusRestarting}, t0.Add(9 * time.Minute), 1,
 		},
 		"OnUpgrade restarts a version change": {
 			onUpgrade, []Workload{{StaleWorkload: stale("a", VersionChanged)}},
