@@ -66,7 +66,8 @@ type MissingRevision struct {
 }
 
 type nsEntry struct {
-	// labels are the namespace's injection labels; known says the namespace was seen.
+	// labels are the namespace's injection labels (all the resolver reads of them); known
+	// says the namespace was seen.
 	labels map[string]string
 	known  bool
 	// target is what the namespace's own labels select.
@@ -110,16 +111,7 @@ func (c *Counts) SetDesired(d Desired) {
 // SetNamespace records a namespace's labels, when it is added or they change; only its
 // own pods are re-evaluated.
 func (c *Counts) SetNamespace(name string, labels map[string]string) {
-	var kept map[string]string
-	for _, k := range [...]string{revision.InjectionLabel, revision.RevLabel} {
-		if v, ok := labels[k]; ok {
-			if kept == nil {
-				kept = map[string]string{}
-			}
-			kept[k] = v
-		}
-	}
-	c.relabel(c.namespace(name), kept, true)
+	c.relabel(c.namespace(name), only(labels, revision.InjectionLabel, revision.RevLabel), true)
 }
 
 // RemoveNamespace forgets a deleted namespace's labels; its pods count as in an unknown,

@@ -104,15 +104,7 @@ type podMeta struct {
 }
 
 func metaOf(p Pod) podMeta {
-	m := podMeta{workload: WorkloadOf(p), terminated: p.Terminated}
-	for _, k := range [...]string{revision.RevLabel, revision.InjectLabel} {
-		if v, ok := p.Labels[k]; ok {
-			if m.selectors == nil {
-				m.selectors = map[string]string{}
-			}
-			m.selectors[k] = v
-		}
-	}
+	m := podMeta{workload: WorkloadOf(p), terminated: p.Terminated, selectors: only(p.Labels, revision.RevLabel, revision.InjectLabel)}
 	rev, ok := revision.InjectedBy(p.Annotations)
 	m.injected, m.unreadable = rev, !ok
 	m.version, m.hasVersion = p.Annotations[ProxyVersionAnnotation]
@@ -185,4 +177,18 @@ func meshed(nsTarget revision.Target) bool {
 func (d Desired) targetOf(rev string) string {
 	s := d.Stamps[rev]
 	return rev + "/" + s.Version + "/" + s.ProxyConfig
+}
+
+// only is the entries of m under keys; nil when there is none, as for most objects.
+func only(m map[string]string, keys ...string) map[string]string {
+	var out map[string]string
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
 }
