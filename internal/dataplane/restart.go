@@ -139,6 +139,7 @@ type Status string
 
 // The statuses of Item.
 const (
+	// StatusRestarting: its restart is under way, or just seen complete and being recorded.
 	StatusRestarting Status = "Restarting"
 	// StatusQueued: it will be restarted when a restart slot frees or a pause ends.
 	StatusQueued Status = "Queued"
@@ -183,8 +184,12 @@ type Decision struct {
 
 // RestartState is the restart state persisted on a workload.
 type RestartState struct {
-	At          time.Time
-	For         string
+	// At is when Capstan last restarted the workload; zero if never.
+	At time.Time
+	// For is the target that restart aimed at.
+	For string
+	// CompletedAt is when that restart (or an earlier one) was seen complete: the restart
+	// at At is in progress while CompletedAt is before it.
 	CompletedAt time.Time
 }
 

@@ -65,7 +65,8 @@ const (
 	// can tell which revision injected it.
 	UnreadableStatus Reason = "UnreadableStatus"
 	// Unstamped: the pod carries no version or proxy-config stamp; it was injected before
-	// Capstan configured the injector, so nothing tells that its sidecar is current.
+	// Capstan configured the injector, so nothing tells that its sidecar is current. It is
+	// counted stale, with this reason of its own; only the Always policy restarts it.
 	Unstamped Reason = "Unstamped"
 	// ProxyConfigChanged: same revision and version, other proxy settings.
 	ProxyConfigChanged Reason = "ProxyConfigChanged"
