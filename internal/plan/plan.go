@@ -5,13 +5,19 @@
 package plan
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"maps"
 	"slices"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/dataplane"
 	"github.com/capstan-mesh/capstan/internal/render"
 	"github.com/capstan-mesh/capstan/internal/values"
 	"github.com/capstan-mesh/capstan/internal/version"
@@ -55,6 +61,10 @@ type Plan struct {
 	Revision string
 	// Units are the units, in the order they are installed: shared units first.
 	Units []Unit
+	// Stamps are, for each revision, what its injector stamps on every pod it injects (the
+	// Istio version and a hash of the proxy settings), so that a stale sidecar can be told
+	// from a current one by the pod's metadata alone.
+	Stamps map[string]dataplane.Stamp
 }
 
 // For plans the control plane spec declares. A spec whose values cannot be built (a
@@ -73,11 +83,62 @@ func For(spec *meshv1.MeshControlPlaneSpec) (Plan, error) {
 	if err != nil {
 		return Plan{}, &values.FieldError{Field: "spec.version", Detail: err.Error()}
 	}
-	unit := func(c render.Component, revision string) Unit {
-		return Unit{Component: c, Revision: revision, Namespace: p.Namespace, Version: p.Version, Source: src, Values: revisionValues(shared, revision)}
+	stamp := dataplane.Stamp{Version: p.Version, ProxyConfig: proxyConfigHash(shared)}
+	p.Stamps = map[string]dataplane.Stamp{p.Revision: stamp}
+	p.Units = []Unit{
+		{Component: render.Base, Namespace: p.Namespace, Version: p.Version, Source: src, Values: shared},
+		{Component: render.Istiod, Revision: p.Revision, Namespace: p.Namespace, Version: p.Version, Source: src,
+			Values: stamped(revisionValues(shared, p.Revision), stamp)},
 	}
-	p.Units = []Unit{unit(render.Base, ""), unit(render.Istiod, p.Revision)}
 	return p, nil
+}
+
+// stamped are istiod's values with the injector told to stamp stamp on every pod it
+// injects (sidecarInjectorWebhook.injectedAnnotations); annotations the user asks for
+// there in spec.values stay, beside Capstan's.
+func stamped(v values.Values, stamp dataplane.Stamp) values.Values {
+	return loader.MergeMaps(v, values.Values{"sidecarInjectorWebhook": values.Values{"injectedAnnotations": values.Values{
+		dataplane.ProxyVersionAnnotation: stamp.Version,
+		dataplane.ProxyConfigAnnotation:  stamp.ProxyConfig,
+	}}})
+}
+
+// proxyValues are the values the injection template reads to build a pod's proxy: a
+// change to any of them changes the sidecar that new pods get.
+var proxyValues = [][]string{
+	{"global", "proxy"}, {"global", "proxy_init"}, {"global", "hub"}, {"global", "tag"},
+	{"global", "variant"}, {"global", "imagePullPolicy"}, {"global", "imagePullSecrets"},
+	{"global", "logging"}, {"global", "logAsJson"}, {"global", "sds"},
+	{"meshConfig", "defaultConfig"}, {"sidecarInjectorWebhook"},
+}
+
+// proxyConfigHash digests the proxy settings of v (proxyValues), for the proxy-config
+// stamp. Capstan's own stamp is left out, or the hash would depend on itself.
+func proxyConfigHash(v values.Values) string {
+	picked := map[string]any{}
+	for _, path := range proxyValues {
+		cur := any(v)
+		for _, k := range path {
+			m, _ := cur.(map[string]any)
+			cur = m[k]
+		}
+		if m, ok := cur.(map[string]any); ok && path[0] == "sidecarInjectorWebhook" {
+			m = maps.Clone(m)
+			if ann, ok := m["injectedAnnotations"].(map[string]any); ok {
+				ann = maps.Clone(ann)
+				delete(ann, dataplane.ProxyVersionAnnotation)
+				delete(ann, dataplane.ProxyConfigAnnotation)
+				m["injectedAnnotations"] = ann
+			}
+			cur = m
+		}
+		if cur != nil {
+			picked[strings.Join(path, ".")] = cur
+		}
+	}
+	b, _ := json.Marshal(picked) // values came from JSON; map keys marshal sorted
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
 }
 
 // revisionValues are the values of a unit at revision: the istiod chart names its objects

@@ -4,8 +4,12 @@ import (
 	"errors"
 	"testing"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/utils/ptr"
+
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/dataplane"
 	"github.com/capstan-mesh/capstan/internal/values"
 )
 
@@ -79,4 +83,56 @@ func TestRenderLabelsEachObjectWithItsUnit(t *testing.T) {
 	if seen["base/"] == 0 || seen["istiod/default"] == 0 || len(seen) != 2 {
 		t.Errorf("objects by unit: %v", seen)
 	}
+}
+
+// istiod's injector stamps every pod it injects with the version and a hash of the proxy
+// settings, so that a metadata-only pod watch tells a stale sidecar from a current one.
+// The hash follows the proxy's settings and nothing else.
+func TestInjectorStampsVersionAndProxySettings(t *testing.T) {
+	stampOf := func(t *testing.T, raw string, spec meshv1.MeshControlPlaneSpec) (map[string]any, string) {
+		t.Helper()
+		if raw != "" {
+			spec.Values = &apiextensionsv1.JSON{Raw: []byte(raw)}
+		}
+		p, err := For(&spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sw, _ := p.Units[0].Values["sidecarInjectorWebhook"].(map[string]any); sw != nil {
+			if ann, _ := sw["injectedAnnotations"].(map[string]any); ann[dataplane.ProxyVersionAnnotation] != nil {
+				t.Error("the base unit carries the injector's stamp")
+			}
+		}
+		sw, _ := p.Units[1].Values["sidecarInjectorWebhook"].(map[string]any)
+		ann, _ := sw["injectedAnnotations"].(map[string]any)
+		if ann[dataplane.ProxyVersionAnnotation] != p.Version || ann[dataplane.ProxyConfigAnnotation] != p.Stamps[p.Revision].ProxyConfig {
+			t.Errorf("injected annotations %v, stamps %v", ann, p.Stamps)
+		}
+		return ann, p.Stamps[p.Revision].ProxyConfig
+	}
+	_, base := stampOf(t, "", meshv1.MeshControlPlaneSpec{})
+	tests := map[string]struct {
+		raw     string
+		spec    meshv1.MeshControlPlaneSpec
+		changed bool
+	}{
+		"istiod's replicas are not the proxy's": {spec: meshv1.MeshControlPlaneSpec{Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](3)}}}},
+		"the proxy's resources":                 {raw: `{"global":{"proxy":{"resources":{"limits":{"cpu":"1"}}}}}`, changed: true},
+		"the proxy's default config":            {raw: `{"meshConfig":{"defaultConfig":{"holdApplicationUntilProxyStarts":true}}}`, changed: true},
+		"the image registry":                    {raw: `{"global":{"hub":"registry.example/istio"}}`, changed: true},
+		"a version change is the version stamp": {spec: meshv1.MeshControlPlaneSpec{Version: "1.31.0"}, changed: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if _, h := stampOf(t, tc.raw, tc.spec); (h != base) != tc.changed {
+				t.Errorf("proxy-config %s against %s: changed %t, want %t", h, base, h != base, tc.changed)
+			}
+		})
+	}
+	t.Run("the user's own injected annotations stay beside Capstan's", func(t *testing.T) {
+		ann, _ := stampOf(t, `{"sidecarInjectorWebhook":{"injectedAnnotations":{"team":"payments"}}}`, meshv1.MeshControlPlaneSpec{})
+		if ann["team"] != "payments" {
+			t.Errorf("injected annotations %v", ann)
+		}
+	})
 }

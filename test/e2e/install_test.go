@@ -20,6 +20,8 @@ import (
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/dataplane"
+	"github.com/capstan-mesh/capstan/internal/plan"
 	"github.com/capstan-mesh/capstan/internal/render"
 	"github.com/capstan-mesh/capstan/test/harness"
 )
@@ -94,6 +96,12 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 		istiod, err = harness.StartIstiod(ctx, cluster, harness.IstiodOptions{})
 		Expect(err).NotTo(HaveOccurred())
 
+		m := &meshv1.MeshControlPlane{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m)).To(Succeed())
+		p, err := plan.For(&m.Spec)
+		Expect(err).NotTo(HaveOccurred())
+		stamp := p.Stamps[p.Revision]
+
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"istio-injection": "enabled"}}}
 		Expect(k8s.Create(ctx, ns)).To(Succeed())
 		labels := map[string]string{"app": "cart"}
@@ -116,6 +124,10 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 				g.Expect(p.Spec.Containers).To(ContainElement(HaveField("Name", "istio-proxy")), "pod %s has no sidecar", p.Name)
 				g.Expect(p.Spec.InitContainers).To(ContainElement(HaveField("Name", "istio-init")))
 				g.Expect(p.Annotations).To(HaveKey("sidecar.istio.io/status"))
+				// The injector stamps what Capstan told it to, so a stale sidecar can be told
+				// from the pod's metadata alone.
+				g.Expect(p.Annotations).To(HaveKeyWithValue(dataplane.ProxyVersionAnnotation, "1.31.1"))
+				g.Expect(p.Annotations).To(HaveKeyWithValue(dataplane.ProxyConfigAnnotation, stamp.ProxyConfig))
 				g.Expect(p.Status.Phase).To(Equal(corev1.PodRunning))
 			}
 		}).Should(Succeed())
