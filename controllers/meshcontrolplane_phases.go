@@ -466,10 +466,6 @@ func (r *MeshControlPlaneReconciler) prune(ctx context.Context, s *scope) (ctrl.
 	for _, u := range s.plan.Units {
 		units = append(units, u.Key())
 	}
-	if s.awaitingCA {
-		// istiod's Deployment is held back, not dropped from the plan.
-		desired = append(desired, s.heldBack()...)
-	}
 	for _, ref := range apply.Prunable(desired, s.live, rankOf, apply.PruneOptions{Writer: apply.WriterInstall, Units: units, KeepCRDs: true}) {
 		if err := r.deleteRef(ctx, ref); err != nil {
 			return ctrl.Result{}, fmt.Errorf("pruning %s: %w", ref, err)
@@ -478,18 +474,6 @@ func (r *MeshControlPlaneReconciler) prune(ctx context.Context, s *scope) (ctrl.
 		s.applied = append(s.applied, ref)
 	}
 	return ctrl.Result{}, nil
-}
-
-// heldBack are the istiod Deployments awaitCA holds back: not applied yet, and not to be
-// pruned either.
-func (s *scope) heldBack() []apply.Ref {
-	var refs []apply.Ref
-	for _, l := range s.live {
-		if l.Writer == apply.WriterInstall && l.Component == render.Istiod.Name && l.GVK.Kind == "Deployment" {
-			refs = append(refs, l.Ref)
-		}
-	}
-	return refs
 }
 
 // observe reads the readiness of every Deployment of the install into status: those the
