@@ -152,7 +152,13 @@ func expectNoKeysIn() {
 
 var _ = Describe("the mesh CA, SelfSigned", Ordered, func() {
 	const ns, app = "ca-self", "ca-self-app"
-	AfterAll(deleteMCPAndWait)
+	AfterAll(func() {
+		deleteMCPAndWait()
+		for _, n := range []string{ns, app} {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: n, Name: controllers.RootCertConfigMap}}
+			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, cm))).To(Succeed(), "later rotation specs wait on every served namespace's trust bundle")
+		}
+	})
 
 	It("issues a root and an intermediate into cacerts before istiod is applied", func() {
 		Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: app}})).To(Succeed())
