@@ -23,6 +23,7 @@ import (
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/ca"
+	"github.com/capstan-mesh/capstan/internal/values"
 )
 
 // NewRootCertCache builds the cache the CA controller reads istiod's istio-ca-root-cert
@@ -115,7 +116,7 @@ func (s *caScope) served(ctx context.Context) ca.Served {
 	if v := s.mcp.Spec.Values; v != nil {
 		raw = v.Raw
 	}
-	sels, err := ca.DiscoverySelectors(raw)
+	sels, err := values.DiscoverySelectors(raw)
 	if err != nil {
 		log.FromContext(ctx).Error(err, "counting every namespace's istio-ca-root-cert ConfigMap in the rotation")
 		sels = nil

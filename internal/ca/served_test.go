@@ -1,15 +1,16 @@
 package ca
 
 import (
-	"strings"
 	"testing"
+
+	"github.com/capstan-mesh/capstan/internal/values"
 )
 
 // TestServedCounts protects which istio-ca-root-cert ConfigMaps a rotation waits on: those
 // in namespaces istiod serves, never one in a terminating namespace or one
 // discoverySelectors leave out, and always the control plane's own.
 func TestServedCounts(t *testing.T) {
-	sels, err := DiscoverySelectors([]byte(`{"global":{"hub":"x"},"meshConfig":{"accessLogFile":"/dev/stdout","discoverySelectors":[
+	sels, err := values.DiscoverySelectors([]byte(`{"global":{"hub":"x"},"meshConfig":{"accessLogFile":"/dev/stdout","discoverySelectors":[
 		{"matchLabels":{"mesh":"on"}},
 		{"matchExpressions":[{"key":"team","operator":"In","values":["payments","search"]}]}]}}`))
 	if err != nil {
@@ -39,44 +40,6 @@ func TestServedCounts(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if got := tc.served.Counts(tc.ns, tc.labels, tc.terminating); got != tc.want {
 				t.Fatalf("Counts(%s, %v, terminating %t) = %t, want %t", tc.ns, tc.labels, tc.terminating, got, tc.want)
-			}
-		})
-	}
-}
-
-// TestDiscoverySelectors protects reading meshConfig.discoverySelectors from spec.values:
-// unset or empty means every namespace, and a malformed selector is an error naming it.
-func TestDiscoverySelectors(t *testing.T) {
-	cases := map[string]struct {
-		values  string
-		wantN   int
-		wantErr string
-	}{
-		"no values":                     {values: ""},
-		"no meshConfig":                 {values: `{"pilot":{"env":{}}}`},
-		"an empty list":                 {values: `{"meshConfig":{"discoverySelectors":[]}}`},
-		"an empty selector":             {values: `{"meshConfig":{"discoverySelectors":[{}]}}`, wantN: 1},
-		"a selector that is a string":   {values: `{"meshConfig":{"discoverySelectors":[{"matchLabels":{"a":"b"}},"mesh=on"]}}`, wantErr: "spec.values.meshConfig.discoverySelectors[1]"},
-		"a bad operator":                {values: `{"meshConfig":{"discoverySelectors":[{"matchExpressions":[{"key":"a","operator":"Near"}]}]}}`, wantErr: "spec.values.meshConfig.discoverySelectors[0]"},
-		"discoverySelectors not a list": {values: `{"meshConfig":{"discoverySelectors":{"matchLabels":{}}}}`, wantErr: "spec.values.meshConfig.discoverySelectors"},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			sels, err := DiscoverySelectors([]byte(tc.values))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(sels) != tc.wantN || (tc.wantN == 0 && sels != nil) {
-				t.Fatalf("%d selectors (%v), want %d", len(sels), sels, tc.wantN)
-			}
-			if tc.wantN == 1 && !(Served{Selectors: sels}).Counts("any", nil, false) {
-				t.Fatal("an empty selector does not select every namespace")
 			}
 		})
 	}

@@ -42,6 +42,10 @@ func For(spec *meshv1.MeshControlPlaneSpec) (Values, error) {
 		if v == nil {
 			v = Values{}
 		}
+		// istiod would refuse them too; said here, the field is named and nothing changes.
+		if _, err := DiscoverySelectors(spec.Values.Raw); err != nil {
+			return nil, &FieldError{Field: "spec.values.meshConfig.discoverySelectors", Detail: "not a list of Kubernetes label selectors: " + err.Error()}
+		}
 		if err := checkOwned(v); err != nil {
 			return nil, err
 		}
