@@ -69,7 +69,7 @@ type MeshControlPlaneReconciler struct {
 }
 
 // SetupWithManager registers the reconciler. Every kind Capstan renders is watched, as
-// Capstan's objects only (see ManagerOptions), so a change to any of them reconciles the
+// Capstan's objects only (see CacheByObject), so a change to any of them reconciles the
 // one MeshControlPlane; there is no periodic re-apply.
 func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
