@@ -3,7 +3,9 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/dataplane"
 )
 
 // TestWorkloadOwner protects the ReplicaSet ──► Deployment rule without a ReplicaSet cache:
@@ -157,4 +160,43 @@ func statusRecordingClient(t *testing.T, onWrite func()) client.Client {
 			}
 			return c.Status().Update(ctx, cur)
 		}}).Build()
+}
+
+// TestSidecarsCurrent protects what the condition says in each case: True with no stale
+// pod; False naming the most important stale reason, with counts and the first workload;
+// Unknown, with the spec's error, when the spec cannot be planned.
+func TestSidecarsCurrent(t *testing.T) {
+	web := dataplane.StaleWorkload{WorkloadRef: dataplane.WorkloadRef{Kind: "Deployment", Namespace: "shop", Name: "web"}, Pods: 2, Reason: dataplane.VersionChanged}
+	cart := dataplane.StaleWorkload{WorkloadRef: dataplane.WorkloadRef{Kind: "Deployment", Namespace: "shop", Name: "cart"}, Pods: 1, Reason: dataplane.ProxyConfigChanged}
+	for name, tc := range map[string]struct {
+		scope       dataPlaneScope
+		status      metav1.ConditionStatus
+		reason      string
+		msg         []string
+		wantCounted bool
+	}{
+		"current": {dataPlaneScope{hasDesired: true, sum: dataplane.Summary{InjectedPods: 4}},
+			metav1.ConditionTrue, meshv1.ReasonSidecarsCurrent, []string{"all 4 running sidecars"}, true},
+		"stale": {dataPlaneScope{hasDesired: true, sum: dataplane.Summary{InjectedPods: 4, StalePods: 3}, stale: []dataplane.StaleWorkload{cart, web}},
+			metav1.ConditionFalse, string(dataplane.VersionChanged), []string{"3 of 4 running sidecars are stale, in 2 workloads", "Deployment shop/web has 2 stale pods"}, true},
+		"spec cannot be planned": {dataPlaneScope{planErr: errors.New("spec.version: 0.1.0 is not supported")},
+			metav1.ConditionUnknown, meshv1.ReasonInvalidSpec, []string{"spec.version: 0.1.0 is not supported"}, false},
+	} {
+		s := tc.scope
+		s.mcp = &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName, Generation: 2}}
+		s.summarize()
+		c := sidecarsCurrent(s.mcp)
+		if c == nil || c.Status != tc.status || c.Reason != tc.reason || c.ObservedGeneration != 2 {
+			t.Errorf("%s: condition %+v, want %s/%s at generation 2", name, c, tc.status, tc.reason)
+			continue
+		}
+		for _, m := range tc.msg {
+			if !strings.Contains(c.Message, m) {
+				t.Errorf("%s: message %q does not say %q", name, c.Message, m)
+			}
+		}
+		if got := s.mcp.Status.Injection != nil; got != tc.wantCounted {
+			t.Errorf("%s: status.injection set: %v, want %v", name, got, tc.wantCounted)
+		}
+	}
 }
