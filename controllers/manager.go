@@ -68,9 +68,10 @@ var ownedSelector = labels.SelectorFromSet(labels.Set{apply.ManagedByLabel: appl
 //   - Namespaces: every one, as metadata only: the control-plane namespace may be one the
 //     user made, the CA reads whether a namespace is terminating, and the data plane reads
 //     their labels; a few hundred bytes a namespace keeps large clusters cheap;
-//   - Pods: every one, as metadata only with managed fields stripped, for the data plane's
-//     view of which pods carry which sidecar. An informer starts only when something
-//     reads the kind, so this costs nothing until then;
+//   - Pods: every one, typed but cut down by dataPlanePod to their metadata (managed
+//     fields stripped) and their phase, which the data plane needs to leave finished pods
+//     out and metadata alone does not carry; the spec and the rest of the status are
+//     dropped, so a pod costs about what its metadata does;
 //   - the MeshControlPlane, which the user creates: all of them (there is one);
 //   - Secrets: Capstan's own, in secretNamespaces only (every namespace when none is
 //     given), the namespaces the operator is granted Secrets in.
@@ -86,7 +87,7 @@ func CacheByObject(secretNamespaces ...string) map[client.Object]cache.ByObject 
 	by := map[client.Object]cache.ByObject{
 		&meshv1.MeshControlPlane{}: {Label: labels.Everything()},
 		&corev1.Secret{}:           secrets,
-		metadataOf(podGVK):         everything,
+		&corev1.Pod{}:              {Label: labels.Everything(), Transform: dataPlanePod},
 		metadataOf(namespaceGVK):   everything,
 	}
 	for _, k := range render.Kinds {
@@ -98,4 +99,14 @@ func CacheByObject(secretNamespaces ...string) map[client.Object]cache.ByObject 
 	return by
 }
 
-var podGVK = corev1.SchemeGroupVersion.WithKind("Pod")
+// dataPlanePod is the cache's transform of a Pod: its metadata without managed fields,
+// and of its status only the phase. Any other object (a tombstone) passes unchanged.
+func dataPlanePod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	m := p.ObjectMeta
+	m.ManagedFields = nil
+	return &corev1.Pod{TypeMeta: p.TypeMeta, ObjectMeta: m, Status: corev1.PodStatus{Phase: p.Status.Phase}}, nil
+}

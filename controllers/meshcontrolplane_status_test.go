@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -235,7 +237,8 @@ func TestMovedFrom(t *testing.T) {
 
 // TestCacheDeclaresEveryKind protects the cache's shape: every kind the operator reads
 // through its cache is declared on purpose, Capstan's own kinds filtered by its label and
-// the user objects later features must see (namespaces, pods) whole, as metadata.
+// the user objects the data plane must see whole: namespaces as metadata, pods typed but
+// cut down to metadata and phase by a transform.
 func TestCacheDeclaresEveryKind(t *testing.T) {
 	scheme, err := NewScheme()
 	if err != nil {
@@ -248,6 +251,17 @@ func TestCacheDeclaresEveryKind(t *testing.T) {
 			t.Fatal(err)
 		}
 		by[gvk.Kind] = cfg.Label.String()
+		_, metadataOnly := obj.(*metav1.PartialObjectMetadata)
+		switch gvk.Kind {
+		case "Pod":
+			if _, typed := obj.(*corev1.Pod); !typed || cfg.Transform == nil {
+				t.Errorf("Pod is cached as %T with transform %v, want a typed Pod with a transform that keeps its metadata and phase", obj, cfg.Transform != nil)
+			}
+		case "Namespace":
+			if !metadataOnly {
+				t.Errorf("Namespace is cached as %T, want metadata only", obj)
+			}
+		}
 	}
 	owned := ownedSelector.String()
 	want := map[string]string{"Namespace": "", "Pod": "", "MeshControlPlane": "", "Secret": owned}
@@ -265,5 +279,34 @@ func TestCacheDeclaresEveryKind(t *testing.T) {
 		if got != sel {
 			t.Errorf("%s is cached by %q, want %q", kind, got, sel)
 		}
+	}
+}
+
+// TestPodCacheKeepsMetadataAndPhase protects the memory of the pod cache and what the data
+// plane reads from it: labels, annotations, owners and the phase stay; managed fields, the
+// spec and the rest of the status go.
+func TestPodCacheKeepsMetadataAndPhase(t *testing.T) {
+	in := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"},
+			Annotations:     map[string]string{"sidecar.istio.io/status": `{"revision":"default"}`},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "web-5d8f", Controller: ptr.To(true)}},
+			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}},
+		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web:1"}}},
+		Status: corev1.PodStatus{Phase: corev1.PodSucceeded, PodIP: "10.0.0.1", Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}},
+	}
+	out, err := dataPlanePod(in.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := in.DeepCopy()
+	want.ManagedFields = nil
+	want.Spec = corev1.PodSpec{}
+	want.Status = corev1.PodStatus{Phase: corev1.PodSucceeded}
+	if !equality.Semantic.DeepEqual(out, want) {
+		t.Errorf("transformed pod = %+v, want %+v", out, want)
+	}
+	tombstone := "not a pod"
+	if got, _ := dataPlanePod(tombstone); got != tombstone {
+		t.Errorf("a non-pod became %v", got)
 	}
 }

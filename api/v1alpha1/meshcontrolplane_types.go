@@ -210,6 +210,52 @@ type MeshControlPlaneStatus struct {
 	// CA is the state of the mesh certificate authority and of its rotation.
 	// +optional
 	CA *CAStatus `json:"ca,omitempty"`
+
+	// Injection is the data plane at a glance: how many pods carry a sidecar, how many
+	// should and do not, how many run a stale one, and a short list of what needs attention.
+	// +optional
+	Injection *InjectionStatus `json:"injection,omitempty"`
+}
+
+// InjectionStatus is the data plane in counts, so that status stays small however many
+// pods and namespaces the cluster has: never one entry per pod.
+type InjectionStatus struct {
+	// MeshedNamespaces are the namespaces whose labels ask for sidecars (istio-injection=enabled
+	// or istio.io/rev), including those naming a revision that does not exist.
+	MeshedNamespaces int32 `json:"meshedNamespaces"`
+	// InjectedPods are the running pods that carry a sidecar, in any namespace.
+	InjectedPods int32 `json:"injectedPods"`
+	// UninjectedPods are the running pods without a sidecar in meshed namespaces, except those
+	// that opted out with sidecar.istio.io/inject=false.
+	UninjectedPods int32 `json:"uninjectedPods"`
+	// StalePods are the running pods whose sidecar is not the one their revision injects
+	// now (another revision, Istio version or proxy configuration).
+	StalePods int32 `json:"stalePods"`
+	// Attention lists what needs someone, most important first: namespaces labelled for a
+	// revision that does not exist, then workloads with stale sidecars. At most 10 entries;
+	// moreNeedingAttention counts the rest.
+	// +kubebuilder:validation:MaxItems=10
+	// +listType=atomic
+	// +optional
+	Attention []InjectionAttention `json:"attention,omitempty"`
+	// MoreNeedingAttention is how many more need attention than the list holds.
+	// +optional
+	MoreNeedingAttention int32 `json:"moreNeedingAttention,omitempty"`
+}
+
+// InjectionAttention is one namespace or workload that needs attention.
+type InjectionAttention struct {
+	// Kind is the workload's kind (Deployment, StatefulSet, Job, Pod, ...), or Namespace.
+	Kind string `json:"kind"`
+	// Namespace is the workload's namespace; empty for a Namespace.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// Name is the workload's or namespace's name.
+	Name string `json:"name"`
+	// Reason is a CamelCase word for why it needs attention.
+	Reason string `json:"reason"`
+	// Message says what is wrong and what to do.
+	Message string `json:"message"`
 }
 
 // ComponentStatus is one control-plane component's readiness.
@@ -229,6 +275,13 @@ const (
 	ConditionReady       = "Ready"
 	ConditionProgressing = "Progressing"
 	ConditionDegraded    = "Degraded"
+	// ConditionSidecarsCurrent is True when no running pod has a stale sidecar; False names
+	// the most important stale reason (RevisionChanged, VersionChanged, UnreadableStatus,
+	// Unstamped, ProxyConfigChanged) and counts the stale pods. The data-plane controller
+	// owns it.
+	ConditionSidecarsCurrent = "SidecarsCurrent"
+	// ReasonSidecarsCurrent: every running sidecar is the one its revision injects now.
+	ReasonSidecarsCurrent = "SidecarsCurrent"
 )
 
 // MeshControlPlane declares the cluster's Istio control plane. There is one per cluster,

@@ -298,7 +298,8 @@ func TestBuildDescriptors(t *testing.T) {
 		status = append(status, d.Path)
 	}
 	if want := []string{"conditions", "version", "components", "ca.type", "ca.phase", "ca.rootExpiry", "ca.intermediateExpiry",
-		"ca.nextAction", "ca.nextActionReason", "ca.rotationReason", "observedGeneration"}; !slices.Equal(status, want) {
+		"ca.nextAction", "ca.nextActionReason", "ca.rotationReason",
+		"injection.meshedNamespaces", "injection.injectedPods", "injection.uninjectedPods", "injection.stalePods", "observedGeneration"}; !slices.Equal(status, want) {
 		t.Errorf("status descriptors %q, want %q", status, want)
 	}
 }

@@ -187,5 +187,9 @@ var meshControlPlaneStatusFields = []field{
 	{Path: "ca.nextAction", DisplayName: "Next CA action", XDescriptors: []string{xStatusText}},
 	{Path: "ca.nextActionReason", DisplayName: "Next CA action reason", XDescriptors: []string{xStatusText}},
 	{Path: "ca.rotationReason", DisplayName: "CA rotation reason", XDescriptors: []string{xStatusText}},
+	{Path: "injection.meshedNamespaces", DisplayName: "Meshed namespaces", XDescriptors: []string{xStatusText}},
+	{Path: "injection.injectedPods", DisplayName: "Pods with a sidecar", XDescriptors: []string{xStatusText}},
+	{Path: "injection.uninjectedPods", DisplayName: "Pods missing a sidecar", XDescriptors: []string{xStatusText}},
+	{Path: "injection.stalePods", DisplayName: "Pods with a stale sidecar", XDescriptors: []string{xStatusText}},
 	{Path: "observedGeneration", DisplayName: "Observed generation", XDescriptors: []string{xHidden}},
 }

@@ -315,3 +315,18 @@ func add(m map[string]int, k string, n int) {
 func compareRefs(a, b WorkloadRef) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
 }
+
+// TopReason is the most important reason among the workloads' stale pods, what the
+// SidecarsCurrent condition names; "" when none is stale.
+func TopReason(ws []StaleWorkload) Reason {
+	top := len(reasons)
+	for _, w := range ws {
+		if i := slices.Index(reasons[:], w.Reason); i >= 0 && i < top {
+			top = i
+		}
+	}
+	if top == len(reasons) {
+		return ""
+	}
+	return reasons[top]
+}

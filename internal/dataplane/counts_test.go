@@ -300,3 +300,22 @@ func TestCountsFollowTheDesiredState(t *testing.T) {
 		t.Errorf("%d stale pods after the promotion, want 4", got)
 	}
 }
+
+// TestTopReason protects the reason SidecarsCurrent names: the most important one present,
+// whatever the order of the workloads.
+func TestTopReason(t *testing.T) {
+	w := func(r Reason) StaleWorkload { return StaleWorkload{Reason: r} }
+	for name, tc := range map[string]struct {
+		ws   []StaleWorkload
+		want Reason
+	}{
+		"none":                     {nil, ""},
+		"one":                      {[]StaleWorkload{w(ProxyConfigChanged)}, ProxyConfigChanged},
+		"version before config":    {[]StaleWorkload{w(ProxyConfigChanged), w(VersionChanged), w(Unstamped)}, VersionChanged},
+		"revision before anything": {[]StaleWorkload{w(UnreadableStatus), w(RevisionChanged)}, RevisionChanged},
+	} {
+		if got := TopReason(tc.ws); got != tc.want {
+			t.Errorf("%s: TopReason = %q, want %q", name, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,269 @@
+package controllers
+
+import (
+	"context"
+	"maps"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/dataplane"
+	"github.com/capstan-mesh/capstan/internal/plan"
+	"github.com/capstan-mesh/capstan/internal/revision"
+)
+
+// DataPlaneFieldManager is the field manager of the data-plane controller's status: it owns
+// status.injection and the SidecarsCurrent condition, and nothing else.
+const DataPlaneFieldManager = "capstan-dataplane"
+
+// DefaultDataPlaneStatusInterval is the least time between two status writes of the data
+// plane: under pod churn the counts change many times a second, and the status follows
+// them at most this often.
+const DefaultDataPlaneStatusInterval = time.Second
+
+// podTemplateHashLabel is the label the Deployment controller puts on the pods of each
+// ReplicaSet it creates, and the suffix of that ReplicaSet's name.
+const podTemplateHashLabel = "pod-template-hash"
+
+// RBAC of the data-plane controller: it only reads pods (namespaces are already readable).
+//
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+
+// DataPlaneReconciler reports the data plane in status.injection and the SidecarsCurrent
+// condition: how many pods carry a sidecar, how many should and do not, how many run a
+// stale one, and what needs attention. It is read-only towards the data plane: it writes
+// no pod, namespace or workload.
+//
+// Its counts are fed one event at a time by the pod and namespace informers (a pod event
+// costs O(1); nothing ever lists all pods), and its reconcile only turns them into status.
+type DataPlaneReconciler struct {
+	client.Client
+	// Clock is the time source; a fake one in tests.
+	Clock clock.PassiveClock
+	// StatusInterval is the least time between two status writes;
+	// DefaultDataPlaneStatusInterval when zero.
+	StatusInterval time.Duration
+
+	// mu guards counts, which the informers' goroutines feed and the reconcile reads.
+	mu     sync.Mutex
+	counts *dataplane.Counts
+	// desired is the state counts were last given, and desiredFor the MeshControlPlane
+	// (UID and generation) it was planned from; plan.For runs once per generation.
+	desired    dataplane.Desired
+	desiredFor string
+	hasDesired bool
+	// lastWrite is when the status was last written. Only the reconcile touches it, and a
+	// controller runs one reconcile at a time.
+	lastWrite time.Time
+}
+
+// SetupWithManager registers the data-plane controller: the MeshControlPlane's spec (which
+// says which revision and stamps are current), and every pod and namespace through event
+// handlers that update the counts before they enqueue the one MeshControlPlane.
+func (r *DataPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.init()
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("dataplane").
+		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Pod{}, r.podEvents()).
+		WatchesMetadata(metadataOf(namespaceGVK), r.namespaceEvents()).
+		Complete(r)
+}
+
+func (r *DataPlaneReconciler) init() {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	if r.StatusInterval == 0 {
+		r.StatusInterval = DefaultDataPlaneStatusInterval
+	}
+	if r.counts == nil {
+		r.counts = dataplane.NewCounts(dataplane.Desired{})
+	}
+}
+
+// Reconcile brings the counts' desired state up to the spec and writes status.injection
+// and SidecarsCurrent when they changed, at most once per StatusInterval.
+func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	// Coalesce first, before any work: under churn every pod event enqueues, and the one
+	// reconcile after the interval writes what they all add up to.
+	if wait := r.lastWrite.Add(r.StatusInterval).Sub(r.Clock.Now()); !r.lastWrite.IsZero() && wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+	mcp := &meshv1.MeshControlPlane{}
+	if err := r.Get(ctx, req.NamespacedName, mcp); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !mcp.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	s := &dataPlaneScope{mcp: mcp, before: mcp.DeepCopy(), now: r.Clock.Now()}
+	r.observe(s)
+	s.summarize()
+	if !s.changed() {
+		return ctrl.Result{}, nil
+	}
+	if err := client.IgnoreNotFound(applyStatusFields(ctx, r.Client, s.mcp, DataPlaneFieldManager, s.fields())); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.lastWrite = r.Clock.Now()
+	return ctrl.Result{}, nil
+}
+
+// observe gives the counts the desired state of the spec, when it changed, and takes what
+// the status needs from them.
+func (r *DataPlaneReconciler) observe(s *dataPlaneScope) {
+	key := string(s.mcp.UID) + "@" + strconv.FormatInt(s.mcp.Generation, 10)
+	var d dataplane.Desired
+	if key != r.desiredFor {
+		p, err := plan.For(&s.mcp.Spec)
+		if err != nil {
+			s.planErr = err
+		} else {
+			d = dataplane.Desired{Resolver: revision.Resolver{Revisions: []string{p.Revision}}, Stamps: p.Stamps}
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if key != r.desiredFor && s.planErr == nil {
+		r.desiredFor = key
+		if !r.hasDesired || !reflect.DeepEqual(d, r.desired) {
+			// The one O(all pods) step: only when the revisions or stamps changed.
+			r.counts.SetDesired(d)
+			r.desired, r.hasDesired = d, true
+		}
+	}
+	s.hasDesired = r.hasDesired
+	s.sum = r.counts.Summary()
+	s.stale = r.counts.StaleWorkloads()
+	s.missing = r.counts.MissingRevisions()
+}
+
+// podEvents feeds the counts from the pod informer, one pod at a time.
+func (r *DataPlaneReconciler) podEvents() handler.Funcs {
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if p, ok := e.Object.(*corev1.Pod); ok {
+				r.podChanged(nil, p)
+				enqueueSingleton(q)
+			}
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			old, ok1 := e.ObjectOld.(*corev1.Pod)
+			updated, ok2 := e.ObjectNew.(*corev1.Pod)
+			if ok1 && ok2 && r.podChanged(old, updated) {
+				enqueueSingleton(q)
+			}
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.podDeleted(e.Object)
+			enqueueSingleton(q)
+		},
+	}
+}
+
+// podChanged records a new pod (old nil) or a pod's change, and says whether anything the
+// counts read changed: status updates of a running pod (readiness, restarts) do not.
+func (r *DataPlaneReconciler) podChanged(old, updated *corev1.Pod) bool {
+	p := podOf(updated)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old == nil {
+		r.counts.Add(p)
+		return true
+	}
+	o := podOf(old)
+	if reflect.DeepEqual(o, p) {
+		return false
+	}
+	r.counts.Update(o, p)
+	return true
+}
+
+func (r *DataPlaneReconciler) podDeleted(obj client.Object) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.counts.Remove(dataplane.Pod{Namespace: obj.GetNamespace(), Name: obj.GetName()})
+}
+
+// namespaceEvents feeds the counts from the namespace informer: a namespace's injection
+// labels re-evaluate its own pods only.
+func (r *DataPlaneReconciler) namespaceEvents() handler.Funcs {
+	set := func(o client.Object) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.counts.SetNamespace(o.GetName(), o.GetLabels())
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			set(e.Object)
+			enqueueSingleton(q)
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) {
+				return
+			}
+			set(e.ObjectNew)
+			enqueueSingleton(q)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.mu.Lock()
+			r.counts.RemoveNamespace(e.Object.GetName())
+			r.mu.Unlock()
+			enqueueSingleton(q)
+		},
+	}
+}
+
+func enqueueSingleton(q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}})
+}
+
+// podOf is what the counts read of a cached pod (see dataPlanePod).
+func podOf(p *corev1.Pod) dataplane.Pod {
+	kind, name := workloadOwner(p)
+	return dataplane.Pod{
+		Namespace: p.Namespace, Name: p.Name,
+		Labels: p.Labels, Annotations: p.Annotations,
+		OwnerKind: kind, OwnerName: name,
+		Terminated: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+	}
+}
+
+// workloadOwner is the workload a pod's stale sidecar is reported on: its controller
+// owner, with a ReplicaSet taken for its Deployment. This slice caches no ReplicaSets, so
+// the Deployment's name comes from the ReplicaSet's: the Deployment controller names each
+// ReplicaSet "<deployment>-<pod-template-hash>" and labels its pods with that same hash.
+// Only when the pod's pod-template-hash label is the last "-" segment of the ReplicaSet's
+// name is the rest taken for the Deployment; any other ReplicaSet (made by hand or by
+// another controller) stays the owner. Empty for a pod no controller owns.
+func workloadOwner(p *corev1.Pod) (kind, name string) {
+	ref := metav1.GetControllerOfNoCopy(p)
+	if ref == nil {
+		return "", ""
+	}
+	if ref.Kind == "ReplicaSet" && strings.HasPrefix(ref.APIVersion, "apps/") {
+		if hash := p.Labels[podTemplateHashLabel]; hash != "" {
+			if dep, ok := strings.CutSuffix(ref.Name, "-"+hash); ok && dep != "" {
+				return "Deployment", dep
+			}
+		}
+	}
+	return ref.Kind, ref.Name
+}
