@@ -4,6 +4,7 @@ package controllers
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -74,7 +76,7 @@ type MeshControlPlaneReconciler struct {
 func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshcontrolplane").
-		For(&meshv1.MeshControlPlane{})
+		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(specOrLifecycleChanged))
 	toSingleton := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}}}
 	})
@@ -95,6 +97,19 @@ func (r *MeshControlPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	return b.Complete(r)
 }
+
+// specOrLifecycleChanged passes the MeshControlPlane updates the install acts on: a new
+// generation (the spec), labels or annotations, finalizers, or the start of its deletion.
+// Status writes pass no more: each of Capstan's controllers writes its own status block
+// (the data plane's as often as once a second under pod churn), and none of them changes
+// what the install applies.
+var specOrLifecycleChanged = predicate.Or(
+	predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{},
+	predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		return !slices.Equal(e.ObjectOld.GetFinalizers(), e.ObjectNew.GetFinalizers()) ||
+			e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero()
+	}},
+)
 
 // crdDriftVisible passes the CRD updates in which Capstan can see drift: a new generation
 // (the spec was edited), or changed labels or annotations (see drifted). Everything else
