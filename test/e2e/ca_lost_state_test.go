@@ -27,8 +27,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
@@ -208,41 +206,15 @@ type cacertsRecorder struct {
 	seen   []cacertsVersion
 	err    error
 	cancel context.CancelFunc
-	done   chan struct{}
+	done   <-chan struct{}
 }
 
 func recordCACerts(ctx context.Context) *cacertsRecorder {
 	GinkgoHelper()
 	sec, err := cluster.Clientset.CoreV1().Secrets(istioNS).Get(ctx, controllers.CACertsSecret, metav1.GetOptions{})
 	Expect(err).NotTo(HaveOccurred())
-	w, err := cluster.Clientset.CoreV1().Secrets(istioNS).Watch(ctx, metav1.ListOptions{
-		FieldSelector:   fields.OneTermEqualSelector("metadata.name", controllers.CACertsSecret).String(),
-		ResourceVersion: sec.ResourceVersion,
-	})
-	Expect(err).NotTo(HaveOccurred())
-	wctx, cancel := context.WithCancel(ctx)
-	r := &cacertsRecorder{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		defer w.Stop()
-		for {
-			select {
-			case <-wctx.Done():
-				return
-			case ev, ok := <-w.ResultChan():
-				if !ok {
-					r.fail(errors.New("the watch of cacerts ended"))
-					return
-				}
-				sec, isSecret := ev.Object.(*corev1.Secret)
-				if ev.Type != watch.Modified || !isSecret {
-					r.fail(fmt.Errorf("unexpected %s event on cacerts", ev.Type))
-					continue
-				}
-				r.record(sec)
-			}
-		}
-	}()
+	r := &cacertsRecorder{}
+	r.cancel, r.done = watchSecretChanges(ctx, controllers.CACertsSecret, sec.ResourceVersion, r.record, r.fail)
 	return r
 }
 

@@ -755,41 +755,15 @@ type caStateRecorder struct {
 	next   map[string]bool
 	err    error
 	cancel context.CancelFunc
-	done   chan struct{}
+	done   <-chan struct{}
 }
 
 func recordCAState(ctx context.Context) *caStateRecorder {
 	GinkgoHelper()
 	s, err := cluster.Clientset.CoreV1().Secrets(istioNS).Get(ctx, controllers.CAStateSecret, metav1.GetOptions{})
 	Expect(err).NotTo(HaveOccurred())
-	w, err := cluster.Clientset.CoreV1().Secrets(istioNS).Watch(ctx, metav1.ListOptions{
-		FieldSelector:   fields.OneTermEqualSelector("metadata.name", controllers.CAStateSecret).String(),
-		ResourceVersion: s.ResourceVersion,
-	})
-	Expect(err).NotTo(HaveOccurred())
-	wctx, cancel := context.WithCancel(ctx)
-	r := &caStateRecorder{next: map[string]bool{}, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		defer w.Stop()
-		for {
-			select {
-			case <-wctx.Done():
-				return
-			case ev, ok := <-w.ResultChan():
-				if !ok {
-					r.fail(errors.New("the watch of the CA state Secret ended"))
-					return
-				}
-				sec, isSecret := ev.Object.(*corev1.Secret)
-				if ev.Type != watch.Modified || !isSecret {
-					r.fail(fmt.Errorf("unexpected %s event on the CA state Secret", ev.Type))
-					continue
-				}
-				r.record(sec)
-			}
-		}
-	}()
+	r := &caStateRecorder{next: map[string]bool{}}
+	r.cancel, r.done = watchSecretChanges(ctx, controllers.CAStateSecret, s.ResourceVersion, r.record, r.fail)
 	return r
 }
 
@@ -847,4 +821,40 @@ func (r *caStateRecorder) nextRoots() []string {
 func (r *caStateRecorder) stop() {
 	r.cancel()
 	<-r.done
+}
+
+// watchSecretChanges hands record every version of the Secret name in istioNS written after
+// resourceVersion, until cancel is called; done closes once it has stopped. An event other
+// than a change, or the watch ending, goes to fail.
+func watchSecretChanges(ctx context.Context, name, resourceVersion string, record func(*corev1.Secret), fail func(error)) (cancel context.CancelFunc, done <-chan struct{}) {
+	GinkgoHelper()
+	w, err := cluster.Clientset.CoreV1().Secrets(istioNS).Watch(ctx, metav1.ListOptions{
+		FieldSelector:   fields.OneTermEqualSelector("metadata.name", name).String(),
+		ResourceVersion: resourceVersion,
+	})
+	Expect(err).NotTo(HaveOccurred())
+	wctx, cancel := context.WithCancel(ctx)
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		defer w.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case ev, ok := <-w.ResultChan():
+				if !ok {
+					fail(fmt.Errorf("the watch of Secret %s ended", name))
+					return
+				}
+				sec, isSecret := ev.Object.(*corev1.Secret)
+				if ev.Type != watch.Modified || !isSecret {
+					fail(fmt.Errorf("unexpected %s event on Secret %s", ev.Type, name))
+					continue
+				}
+				record(sec)
+			}
+		}
+	}()
+	return cancel, closed
 }
