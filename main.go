@@ -149,9 +149,11 @@ func run() error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the mesh CA controller: %w", err)
 	}
-	if err := (&controllers.DataPlaneReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	dataPlane := &controllers.DataPlaneReconciler{Client: mgr.GetClient()}
+	if err := dataPlane.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the data-plane status controller: %w", err)
 	}
+	metrics.Registry.MustRegister(dataPlane.Metrics())
 	ready := healthz.Ping
 	if enableWebhooks {
 		// The Deployment sets POD_NAMESPACE from the pod's own namespace (downward API);
