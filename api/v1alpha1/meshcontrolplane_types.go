@@ -77,6 +77,25 @@ type MeshControlPlaneSpec struct {
 	// Uninstall says what happens when this resource is deleted.
 	// +optional
 	Uninstall *UninstallSpec `json:"uninstall,omitempty"`
+
+	// Injection says which namespaces Capstan puts in the mesh.
+	// +optional
+	Injection *InjectionSpec `json:"injection,omitempty"`
+}
+
+// InjectionSpec says which namespaces Capstan puts in the mesh, so that their new pods get
+// a sidecar.
+type InjectionSpec struct {
+	// NamespaceSelector selects the namespaces Capstan meshes: it labels each one for the
+	// control plane's revision (istio-injection=enabled for an in-place control plane) and
+	// marks it with the annotation capstan.dev/injection-labelled. A namespace that already
+	// has an istio-injection or istio.io/rev label is left as it is; the control-plane
+	// namespace, Kubernetes' own namespaces and the operator's are never labelled. When a
+	// namespace Capstan labelled stops matching, or the selector is removed, Capstan removes
+	// its label, unless someone changed it since. Existing pods get their sidecar when they
+	// are restarted.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
 }
 
 // ComponentsSpec holds the settings of each control-plane component.
@@ -282,6 +301,19 @@ const (
 	ConditionSidecarsCurrent = "SidecarsCurrent"
 	// ReasonSidecarsCurrent: every running sidecar is the one its revision injects now.
 	ReasonSidecarsCurrent = "SidecarsCurrent"
+	// ConditionInjectionConfigured is True when spec.injection.namespaceSelector is applied
+	// to every namespace it selects, and False when it is invalid or selects a namespace
+	// Capstan never labels. Set only while the selector is. The data-plane controller owns it.
+	ConditionInjectionConfigured = "InjectionConfigured"
+	// ReasonNamespacesLabelled: every namespace the selector selects is labelled, or already
+	// was by its owner.
+	ReasonNamespacesLabelled = "NamespacesLabelled"
+	// ReasonSelectorMatchesControlPlane: the selector selects the control-plane namespace,
+	// one of Kubernetes' own or the operator's; those are left unlabelled.
+	ReasonSelectorMatchesControlPlane = "SelectorMatchesControlPlane"
+	// ReasonInvalidSelector: the selector cannot be parsed; no namespace is labelled or
+	// unlabelled until it is fixed.
+	ReasonInvalidSelector = "InvalidSelector"
 )
 
 // MeshControlPlane declares the cluster's Istio control plane. There is one per cluster,
