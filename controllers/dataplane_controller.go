@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -41,14 +42,17 @@ const DefaultDataPlaneStatusInterval = time.Second
 // ReplicaSet it creates, and the suffix of that ReplicaSet's name.
 const podTemplateHashLabel = "pod-template-hash"
 
-// RBAC of the data-plane controller: it only reads pods (namespaces are already readable).
+// RBAC of the data-plane controller: it reads pods, and labels the namespaces
+// spec.injection.namespaceSelector selects.
 //
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch;patch
 
 // DataPlaneReconciler reports the data plane in status.injection and the SidecarsCurrent
 // condition: how many pods carry a sidecar, how many should and do not, how many run a
-// stale one, and what needs attention. It is read-only towards the data plane: it writes
-// no pod, namespace or workload.
+// stale one, and what needs attention. The one write it makes to the data plane is the
+// injection label of the namespaces spec.injection.namespaceSelector selects (see
+// reconcileInjectionLabels); it writes no pod or workload.
 //
 // Its counts are fed one event at a time by the pod and namespace informers (a pod event
 // costs O(1); nothing ever lists all pods), and its reconcile only turns them into status.
@@ -59,6 +63,8 @@ type DataPlaneReconciler struct {
 	// StatusInterval is the least time between two status writes;
 	// DefaultDataPlaneStatusInterval when zero.
 	StatusInterval time.Duration
+	// OperatorNamespace is where the operator runs: never labelled for injection.
+	OperatorNamespace string
 
 	// mu guards counts, which the informers' goroutines feed and the reconcile reads.
 	mu     sync.Mutex
@@ -68,6 +74,9 @@ type DataPlaneReconciler struct {
 	desired    dataplane.Desired
 	desiredFor string
 	hasDesired bool
+	// revision and cpNamespace are the revision and control-plane namespace planned from
+	// the MeshControlPlane desiredFor names.
+	revision, cpNamespace string
 	// lastWrite is when the status was last written. Only the reconcile touches it, and a
 	// controller runs one reconcile at a time.
 	lastWrite time.Time
@@ -107,14 +116,27 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 	mcp := &meshv1.MeshControlPlane{}
-	if err := r.Get(ctx, req.NamespacedName, mcp); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+	if err := r.Get(ctx, req.NamespacedName, mcp); apierrors.IsNotFound(err) {
+		// Deleted: nothing selects any namespace now, so the labels Capstan set go, as
+		// planned from the last spec seen (none when none was, since the operator started).
+		gone := &dataPlaneScope{mcp: &meshv1.MeshControlPlane{}}
+		r.mu.Lock()
+		gone.revision, gone.cpNamespace = r.revision, r.cpNamespace
+		r.mu.Unlock()
+		return ctrl.Result{}, r.reconcileInjectionLabels(ctx, gone)
+	} else if err != nil {
+		return ctrl.Result{}, err
+	}
+	s := &dataPlaneScope{mcp: mcp, before: mcp.DeepCopy(), now: r.Clock.Now()}
+	r.observe(s)
+	// Before the status, so that InjectionConfigured is written with it. A MeshControlPlane
+	// being deleted selects no namespace: the labels Capstan set are removed.
+	if err := r.reconcileInjectionLabels(ctx, s); err != nil {
+		return ctrl.Result{}, err
 	}
 	if !mcp.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
-	s := &dataPlaneScope{mcp: mcp, before: mcp.DeepCopy(), now: r.Clock.Now()}
-	r.observe(s)
 	s.summarize()
 	if !s.changed() {
 		return ctrl.Result{}, nil
@@ -131,18 +153,21 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 func (r *DataPlaneReconciler) observe(s *dataPlaneScope) {
 	key := string(s.mcp.UID) + "@" + strconv.FormatInt(s.mcp.Generation, 10)
 	var d dataplane.Desired
+	var rev, cpNamespace string
 	if key != r.desiredFor {
 		p, err := plan.For(&s.mcp.Spec)
 		if err != nil {
 			s.planErr = err
 		} else {
 			d = dataplane.Desired{Resolver: revision.Resolver{Revisions: []string{p.Revision}}, Stamps: p.Stamps}
+			rev, cpNamespace = p.Revision, p.Namespace
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if key != r.desiredFor && s.planErr == nil {
 		r.desiredFor = key
+		r.revision, r.cpNamespace = rev, cpNamespace
 		if !r.hasDesired || !reflect.DeepEqual(d, r.desired) {
 			// The one O(all pods) step: only when the revisions or stamps changed.
 			r.counts.SetDesired(d)
@@ -150,6 +175,7 @@ func (r *DataPlaneReconciler) observe(s *dataPlaneScope) {
 		}
 	}
 	s.hasDesired = r.hasDesired
+	s.revision, s.cpNamespace = r.revision, r.cpNamespace
 	s.sum = r.counts.Summary()
 	s.stale = r.counts.StaleWorkloads()
 	s.missing = r.counts.MissingRevisions()

@@ -24,6 +24,9 @@ type dataPlaneScope struct {
 	sum        dataplane.Summary
 	stale      []dataplane.StaleWorkload
 	missing    []dataplane.MissingRevision
+	// revision and cpNamespace: the revision namespaces are labelled for, and the
+	// control-plane namespace, as planned from the spec; empty while it cannot be.
+	revision, cpNamespace string
 }
 
 // summarize fills status.injection and the SidecarsCurrent condition. The attention list
@@ -69,16 +72,22 @@ func (s *dataPlaneScope) summarize() {
 	}
 }
 
-// changed says whether status.injection or SidecarsCurrent differ from what was read: a
-// status patch is sent only when the status really changed.
+// changed says whether status.injection, SidecarsCurrent or InjectionConfigured differ
+// from what was read: a status patch is sent only when the status really changed.
 func (s *dataPlaneScope) changed() bool {
 	return !equality.Semantic.DeepEqual(s.before.Status.Injection, s.mcp.Status.Injection) ||
-		!equality.Semantic.DeepEqual(sidecarsCurrent(s.before), sidecarsCurrent(s.mcp))
+		!equality.Semantic.DeepEqual(sidecarsCurrent(s.before), sidecarsCurrent(s.mcp)) ||
+		!equality.Semantic.DeepEqual(injectionConfigured(s.before), injectionConfigured(s.mcp))
 }
 
 // fields are the status fields the data-plane controller owns, for applyStatusFields.
+// InjectionConfigured is left out while no selector is set, which removes it.
 func (s *dataPlaneScope) fields() map[string]any {
-	f := map[string]any{"conditions": []metav1.Condition{*sidecarsCurrent(s.mcp)}}
+	conds := []metav1.Condition{*sidecarsCurrent(s.mcp)}
+	if c := injectionConfigured(s.mcp); c != nil {
+		conds = append(conds, *c)
+	}
+	f := map[string]any{"conditions": conds}
 	if s.mcp.Status.Injection != nil {
 		f["injection"] = s.mcp.Status.Injection
 	}
@@ -87,4 +96,8 @@ func (s *dataPlaneScope) fields() map[string]any {
 
 func sidecarsCurrent(mcp *meshv1.MeshControlPlane) *metav1.Condition {
 	return meta.FindStatusCondition(mcp.Status.Conditions, meshv1.ConditionSidecarsCurrent)
+}
+
+func injectionConfigured(mcp *meshv1.MeshControlPlane) *metav1.Condition {
+	return meta.FindStatusCondition(mcp.Status.Conditions, meshv1.ConditionInjectionConfigured)
 }
