@@ -23,7 +23,7 @@ import (
 
 	"github.com/capstan-mesh/capstan/controllers"
 	"github.com/capstan-mesh/capstan/internal/metricsauth"
-	"github.com/capstan-mesh/capstan/internal/render"
+	"github.com/capstan-mesh/capstan/internal/plan"
 	capstanwebhook "github.com/capstan-mesh/capstan/internal/webhook"
 )
 
@@ -175,7 +175,7 @@ func run() error {
 	// operator reports ready only once they have.
 	var warmed atomic.Bool
 	go func() {
-		if err := render.Warm(sv.GitVersion); err != nil {
+		if err := plan.Warm(sv.GitVersion); err != nil {
 			ctrl.Log.WithName("setup").Error(err, "the embedded charts do not render with default values")
 			return
 		}

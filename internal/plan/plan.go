@@ -177,3 +177,16 @@ func (p Plan) Render(kubeVersion string) ([]render.Object, error) {
 	})
 	return out, nil
 }
+
+// Warm renders the units of an empty spec, which render's memo then holds: the charts are
+// loaded and proved to render before any MeshControlPlane arrives, and a first install
+// with the defaults finds its renders ready. A server version of "" renders as Helm's
+// default.
+func Warm(kubeVersion string) error {
+	p, err := For(&meshv1.MeshControlPlaneSpec{})
+	if err != nil {
+		return err
+	}
+	_, err = p.Render(kubeVersion)
+	return err
+}

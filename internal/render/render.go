@@ -23,9 +23,7 @@ import (
 	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
 	"istio.io/istio/manifests"
 
-	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
-	"github.com/capstan-mesh/capstan/internal/values"
 	"github.com/capstan-mesh/capstan/internal/version"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -470,29 +468,6 @@ func (m *renderMemo) put(unit, key string, objs []Object) {
 		entries = slices.Delete(entries, 0, 1)
 	}
 	m.charts[unit] = append(entries, memoEntry{key: key, deflated: slices.Clip(deflated.Bytes()), ends: ends, headOnly: headOnly})
-}
-
-// Warm loads the embedded charts and renders the units of an empty spec (base, and the
-// default revision's istiod), which the memo then holds. A server version of "" renders as
-// Helm's default.
-func Warm(kubeVersion string) error {
-	v, err := values.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
-	if err != nil {
-		return err
-	}
-	src, err := SourceFor(version.Embedded)
-	if err != nil {
-		return err
-	}
-	for _, u := range []struct {
-		c   Component
-		rev string
-	}{{Base, ""}, {Istiod, apply.DefaultRevision}} {
-		if _, err := Render(Input{Component: u.c, Source: src, Values: v, Namespace: "istio-system", KubeVersion: kubeVersion, Revision: u.rev}); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // parsed remembers the JSON of parsed documents by their YAML text. Most of the istiod
