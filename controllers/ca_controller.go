@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -19,14 +18,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
 	"github.com/capstan-mesh/capstan/internal/ca"
-	"github.com/capstan-mesh/capstan/internal/render"
 )
 
 // Names of the objects the CA controller keeps in the control-plane namespace.
@@ -125,16 +121,14 @@ func (r *CAReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.SourcePollInterval == 0 {
 		r.SourcePollInterval = DefaultCASourcePollInterval
 	}
-	toSingleton := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
-		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}}}
-	})
 	caSecret := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return apply.Owned(o.GetLabels()) && o.GetLabels()[apply.ComponentLabel] == CAComponent
 	})
 	istiod := &unstructured.Unstructured{}
 	istiod.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
 	isIstiod := predicate.NewPredicateFuncs(func(o client.Object) bool {
-		return apply.Owned(o.GetLabels()) && o.GetLabels()[apply.ComponentLabel] == render.Istiod.Name
+		inv, ok := apply.InventoryOf(o.GetLabels())
+		return ok && installsIstiod(inv)
 	})
 	// A namespace that starts terminating or changes labels may stop or start counting;
 	// new namespaces count only once istiod wrote their ConfigMap, itself an event.

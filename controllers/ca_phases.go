@@ -492,7 +492,7 @@ func (r *CAReconciler) istiodReady(ctx context.Context, ns string) (bool, error)
 	found := false
 	for i := range l.Items {
 		u := &l.Items[i]
-		if inv, ok := apply.InventoryOf(u.GetLabels()); !ok || inv.Writer != apply.WriterInstall || u.GetDeletionTimestamp() != nil {
+		if inv, ok := apply.InventoryOf(u.GetLabels()); !ok || !installsIstiod(inv) || u.GetDeletionTimestamp() != nil {
 			continue
 		}
 		d := &appsv1.Deployment{}

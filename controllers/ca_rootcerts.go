@@ -9,7 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -21,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
-	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/ca"
 	"github.com/capstan-mesh/capstan/internal/values"
 )
@@ -58,7 +56,7 @@ func NewRootCertCache(mgr ctrl.Manager) (cache.Cache, error) {
 // deleted or given other data.
 func rootCertSource(c cache.Cache) source.Source {
 	toSingleton := handler.TypedEnqueueRequestsFromMapFunc(func(context.Context, *corev1.ConfigMap) []reconcile.Request {
-		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}}}
+		return []reconcile.Request{singletonRequest}
 	})
 	dataChanged := predicate.TypedFuncs[*corev1.ConfigMap]{
 		UpdateFunc: func(e event.TypedUpdateEvent[*corev1.ConfigMap]) bool {

@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -258,7 +257,7 @@ func (r *DataPlaneReconciler) namespaceEvents() handler.Funcs {
 }
 
 func enqueueSingleton(q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-	q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}})
+	q.Add(singletonRequest)
 }
 
 // podOf is what the counts read of a cached pod (see dataPlanePod).

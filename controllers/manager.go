@@ -1,15 +1,20 @@
 package controllers
 
 import (
+	"context"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
@@ -109,4 +114,19 @@ func dataPlanePod(obj any) (any, error) {
 	m := p.ObjectMeta
 	m.ManagedFields = nil
 	return &corev1.Pod{TypeMeta: p.TypeMeta, ObjectMeta: m, Status: corev1.PodStatus{Phase: p.Status.Phase}}, nil
+}
+
+// singletonRequest is the one request every watch of Capstan's controllers maps to: a
+// cluster runs one MeshControlPlane, and each controller reconciles all of it at once.
+var singletonRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: meshv1.SingletonName}}
+
+// toSingleton maps any watched object to singletonRequest.
+var toSingleton = handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+	return []reconcile.Request{singletonRequest}
+})
+
+// installsIstiod says whether an object Capstan wrote is one of the install's istiod
+// objects, whatever its revision (the CA waits on every istiod, each signing with cacerts).
+func installsIstiod(inv apply.Inventory) bool {
+	return inv.Writer == apply.WriterInstall && inv.Component == render.Istiod.Name
 }

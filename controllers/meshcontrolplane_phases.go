@@ -200,9 +200,7 @@ func (r *MeshControlPlaneReconciler) ensureNamespace(ctx context.Context, s *sco
 // its own, and a mesh started on the latter would need a disruptive switch. Everything
 // else is applied meanwhile. Once an istiod runs, it is never held back again.
 func (r *MeshControlPlaneReconciler) awaitCA(ctx context.Context, s *scope) (ctrl.Result, error) {
-	if slices.ContainsFunc(s.live, func(l apply.Live) bool {
-		return l.Writer == apply.WriterInstall && l.Component == render.Istiod.Name && l.GVK.Kind == "Deployment"
-	}) {
+	if slices.ContainsFunc(s.live, func(l apply.Live) bool { return installsIstiod(l.Inventory) && l.GVK.Kind == "Deployment" }) {
 		return ctrl.Result{}, nil
 	}
 	cacerts := &corev1.Secret{}
