@@ -87,14 +87,6 @@ func capstanValue(key, rev string) string {
 	return rev
 }
 
-// injectionScope is what the labelling phase works from: the selector as parsed and the
-// namespaces it must never label.
-type injectionScope struct {
-	selector labels.Selector // nil: no namespace is selected (none set, or deleting)
-	revision string
-	excluded []string
-}
-
 // excludedNamespaces are the namespaces the selector is never applied to: the control
 // plane's, Kubernetes' own and the operator's.
 func excludedNamespaces(controlPlane, operator string) []string {
@@ -114,7 +106,8 @@ func (r *DataPlaneReconciler) reconcileInjectionLabels(ctx context.Context, s *d
 	if s.planErr != nil || s.revision == "" {
 		return nil
 	}
-	is := injectionScope{revision: s.revision, excluded: excludedNamespaces(s.cpNamespace, r.OperatorNamespace)}
+	excluded := excludedNamespaces(s.cpNamespace, r.OperatorNamespace)
+	var selector labels.Selector // nil: no namespace is selected (none set, or deleting)
 	var sel *metav1.LabelSelector
 	if s.mcp.Spec.Injection != nil && s.mcp.DeletionTimestamp.IsZero() {
 		sel = s.mcp.Spec.Injection.NamespaceSelector
@@ -126,7 +119,7 @@ func (r *DataPlaneReconciler) reconcileInjectionLabels(ctx context.Context, s *d
 				fmt.Sprintf("%s: %v; no namespace is labelled or unlabelled until it is fixed", namespaceSelectorField, err))
 			return nil
 		}
-		is.selector = parsed
+		selector = parsed
 	}
 	list := &metav1.PartialObjectMetadataList{}
 	list.SetGroupVersionKind(namespaceGVK.GroupVersion().WithKind("NamespaceList"))
@@ -136,12 +129,12 @@ func (r *DataPlaneReconciler) reconcileInjectionLabels(ctx context.Context, s *d
 	var refused []string
 	for i := range list.Items {
 		ns := &list.Items[i]
-		matches := is.selector != nil && is.selector.Matches(labels.Set(ns.Labels))
-		excluded := slices.Contains(is.excluded, ns.Name)
-		if matches && excluded {
+		matches := selector != nil && selector.Matches(labels.Set(ns.Labels))
+		never := slices.Contains(excluded, ns.Name)
+		if matches && never {
 			refused = append(refused, ns.Name)
 		}
-		patch := namespaceLabelPatch(ns.Labels, ns.Annotations, namespaceWant{Selected: matches && !excluded, Revision: is.revision})
+		patch := namespaceLabelPatch(ns.Labels, ns.Annotations, namespaceWant{Selected: matches && !never, Revision: s.revision})
 		if patch == nil || !ns.DeletionTimestamp.IsZero() {
 			continue
 		}
