@@ -96,6 +96,86 @@ type InjectionSpec struct {
 	// are restarted.
 	// +optional
 	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+
+	// Proxy sets the sidecar that new pods get. A change here makes running sidecars stale
+	// (reason ProxyConfigChanged) until their pods are restarted.
+	// +optional
+	Proxy *ProxySpec `json:"proxy,omitempty"`
+
+	// Rollout says whether and how Capstan restarts workloads whose sidecars are stale.
+	// +optional
+	Rollout *RolloutSpec `json:"rollout,omitempty"`
+}
+
+// ProxySpec is the sidecar the injector gives new pods.
+type ProxySpec struct {
+	// Resources of the istio-proxy container (the chart's global.proxy.resources).
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// HoldApplicationUntilProxyStarts starts the application's containers only once the
+	// proxy is ready, so they never send traffic before the mesh can carry it (the chart's
+	// global.proxy.holdApplicationUntilProxyStarts). With native sidecars this is implied.
+	// +optional
+	HoldApplicationUntilProxyStarts *bool `json:"holdApplicationUntilProxyStarts,omitempty"`
+
+	// LogLevel of the proxy (the chart's global.proxy.logLevel; Istio's default is warning).
+	// +kubebuilder:validation:Enum=trace;debug;info;warning;error;critical;off
+	// +optional
+	LogLevel string `json:"logLevel,omitempty"`
+
+	// NativeSidecars runs the proxy as a Kubernetes native sidecar (an init container that
+	// keeps running, which also lets Jobs finish). Unset, istiod decides from the cluster's
+	// support (its ENABLE_NATIVE_SIDECARS=auto); true or false forces it.
+	// +optional
+	NativeSidecars *bool `json:"nativeSidecars,omitempty"`
+}
+
+// RestartPolicy says which workloads with stale sidecars Capstan restarts.
+// +kubebuilder:validation:Enum=Never;OnUpgrade;Always
+type RestartPolicy string
+
+// The restart policies.
+const (
+	// RestartNever restarts nothing; stale workloads are reported.
+	RestartNever RestartPolicy = "Never"
+	// RestartOnUpgrade restarts workloads whose sidecars come from another revision or
+	// Istio version; a change of proxy settings alone, or a pod injected before Capstan
+	// managed the injector, is reported, not restarted.
+	RestartOnUpgrade RestartPolicy = "OnUpgrade"
+	// RestartAlways restarts every workload with a stale sidecar.
+	RestartAlways RestartPolicy = "Always"
+)
+
+// RolloutSpec says how stale sidecars are replaced. Capstan restarts a workload the way
+// `kubectl rollout restart` does (an annotation on its pod template), one workload after
+// another; a workload annotated capstan.dev/restart: "false" is never restarted.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.pauseBetween) || duration(self.pauseBetween) >= duration('0s')",message="spec.injection.rollout.pauseBetween: must not be negative"
+// +kubebuilder:validation:XValidation:rule="!has(self.restartTimeout) || duration(self.restartTimeout) >= duration('1m')",message="spec.injection.rollout.restartTimeout: must be at least 1m; a restart needs time to roll out"
+type RolloutSpec struct {
+	// RestartStaleWorkloads is which workloads with stale sidecars Capstan restarts: Never
+	// (the default), OnUpgrade (another revision or Istio version) or Always (any stale
+	// sidecar, proxy settings included).
+	// +kubebuilder:default=Never
+	// +optional
+	RestartStaleWorkloads RestartPolicy `json:"restartStaleWorkloads,omitempty"`
+
+	// MaxConcurrent is how many workloads may be restarting at once; the next starts when a
+	// restart's rollout is complete and available.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:default=1
+	// +optional
+	MaxConcurrent int32 `json:"maxConcurrent,omitempty"`
+
+	// PauseBetween is the least time between one restart finishing and the next starting.
+	// +optional
+	PauseBetween *metav1.Duration `json:"pauseBetween,omitempty"`
+
+	// RestartTimeout is how long a restarted workload has to become available; one that
+	// does not is reported (RestartTimedOut) and skipped, and the others go on. Default 10m.
+	// +optional
+	RestartTimeout *metav1.Duration `json:"restartTimeout,omitempty"`
 }
 
 // ComponentsSpec holds the settings of each control-plane component.
@@ -234,6 +314,47 @@ type MeshControlPlaneStatus struct {
 	// should and do not, how many run a stale one, and a short list of what needs attention.
 	// +optional
 	Injection *InjectionStatus `json:"injection,omitempty"`
+
+	// Revisions are the control-plane revisions installed, with what uses each.
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	Revisions []RevisionStatus `json:"revisions,omitempty"`
+}
+
+// RevisionUse says whether a revision is in use.
+type RevisionUse string
+
+// The values of RevisionStatus.InUse.
+const (
+	RevisionInUse  RevisionUse = "True"
+	RevisionUnused RevisionUse = "False"
+	// RevisionUseUnknown: some pod's injection cannot be read, or pods are not known yet;
+	// no revision is taken for unused while any use is unknown.
+	RevisionUseUnknown RevisionUse = "Unknown"
+)
+
+// RevisionStatus is one control-plane revision. Two controllers write it: the install
+// (version, ready) and the data plane (inUse, pods, namespaces).
+type RevisionStatus struct {
+	// Name of the revision; "default" for an in-place control plane.
+	Name string `json:"name"`
+	// Version is the Istio version the revision runs.
+	// +optional
+	Version string `json:"version,omitempty"`
+	// Ready: the revision's istiod is available.
+	// +optional
+	Ready *bool `json:"ready,omitempty"`
+	// InUse is True when pods run its sidecar, namespaces select it or a tag points at it;
+	// False when nothing does; Unknown when that cannot be told.
+	// +optional
+	InUse RevisionUse `json:"inUse,omitempty"`
+	// Pods are the running pods carrying its sidecar.
+	// +optional
+	Pods *int32 `json:"pods,omitempty"`
+	// Namespaces are the namespaces whose labels select it for new pods.
+	// +optional
+	Namespaces *int32 `json:"namespaces,omitempty"`
 }
 
 // InjectionStatus is the data plane in counts, so that status stays small however many
@@ -250,6 +371,10 @@ type InjectionStatus struct {
 	// StalePods are the running pods whose sidecar is not the one their revision injects
 	// now (another revision, Istio version or proxy configuration).
 	StalePods int32 `json:"stalePods"`
+	// RestartsInProgress are the workloads Capstan restarted whose rollout is not yet
+	// complete and available.
+	// +optional
+	RestartsInProgress int32 `json:"restartsInProgress,omitempty"`
 	// Attention lists what needs someone, most important first: namespaces labelled for a
 	// revision that does not exist, then workloads with stale sidecars. At most 10 entries;
 	// moreNeedingAttention counts the rest.

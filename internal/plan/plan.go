@@ -110,6 +110,7 @@ var proxyValues = [][]string{
 	{"global", "variant"}, {"global", "imagePullPolicy"}, {"global", "imagePullSecrets"},
 	{"global", "logging"}, {"global", "logAsJson"}, {"global", "sds"},
 	{"meshConfig", "defaultConfig"}, {"sidecarInjectorWebhook"},
+	{"pilot", "env", "ENABLE_NATIVE_SIDECARS"},
 }
 
 // proxyConfigHash digests the proxy settings of v (proxyValues), for the proxy-config

@@ -121,6 +121,10 @@ func TestInjectorStampsVersionAndProxySettings(t *testing.T) {
 		"the proxy's default config":            {raw: `{"meshConfig":{"defaultConfig":{"holdApplicationUntilProxyStarts":true}}}`, changed: true},
 		"the image registry":                    {raw: `{"global":{"hub":"registry.example/istio"}}`, changed: true},
 		"a version change is the version stamp": {spec: meshv1.MeshControlPlaneSpec{Version: "1.31.0"}, changed: true},
+		"spec.injection.proxy's log level":      {spec: meshv1.MeshControlPlaneSpec{Injection: &meshv1.InjectionSpec{Proxy: &meshv1.ProxySpec{LogLevel: "debug"}}}, changed: true},
+		"native sidecars on":                    {spec: meshv1.MeshControlPlaneSpec{Injection: &meshv1.InjectionSpec{Proxy: &meshv1.ProxySpec{NativeSidecars: ptr.To(true)}}}, changed: true},
+		"another pilot env is not the proxy's":  {raw: `{"pilot":{"env":{"PILOT_TRACE_SAMPLING":"5"}}}`},
+		"the rollout policy is not the proxy's": {spec: meshv1.MeshControlPlaneSpec{Injection: &meshv1.InjectionSpec{Rollout: &meshv1.RolloutSpec{RestartStaleWorkloads: meshv1.RestartAlways}}}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strconv"
 	"time"
 
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
@@ -88,7 +89,38 @@ func For(spec *meshv1.MeshControlPlaneSpec) (Values, error) {
 	if m := spec.MeshConfig; m != nil {
 		typed["meshConfig"] = meshConfigValues(m)
 	}
+	if inj := spec.Injection; inj != nil && inj.Proxy != nil {
+		proxy, err := proxyValues(inj.Proxy)
+		if err != nil {
+			return nil, err
+		}
+		typed = loader.MergeMaps(typed, proxy)
+	}
 	return loader.MergeMaps(loader.MergeMaps(v, typed), caValues(spec)), nil
+}
+
+// proxyValues map spec.injection.proxy to what the injection template reads.
+func proxyValues(p *meshv1.ProxySpec) (Values, error) {
+	proxy := Values{}
+	if p.Resources != nil {
+		r, err := toValues(p.Resources)
+		if err != nil {
+			return nil, &FieldError{Field: "spec.injection.proxy.resources", Detail: err.Error()}
+		}
+		proxy["resources"] = r
+	}
+	if p.HoldApplicationUntilProxyStarts != nil {
+		proxy["holdApplicationUntilProxyStarts"] = *p.HoldApplicationUntilProxyStarts
+	}
+	if p.LogLevel != "" {
+		proxy["logLevel"] = p.LogLevel
+	}
+	out := Values{"global": Values{"proxy": proxy}}
+	if p.NativeSidecars != nil {
+		// istiod's injector reads the switch from its environment, not from a chart value.
+		out["pilot"] = Values{"env": Values{"ENABLE_NATIVE_SIDECARS": strconv.FormatBool(*p.NativeSidecars)}}
+	}
+	return out, nil
 }
 
 // WorkloadCertTTL is the workload certificate lifetime spec declares, or Istio's default.

@@ -103,6 +103,27 @@ func TestFor(t *testing.T) {
 				"meshConfig.defaultConfig.proxyMetadata.SECRET_TTL": "2h0m0s", "meshConfig.defaultConfig.proxyMetadata.OTHER": "x",
 			},
 		},
+		"spec.injection.proxy sets the sidecar the injector builds, over raw values": {
+			spec: meshv1.MeshControlPlaneSpec{
+				Values: raw(`{"global":{"proxy":{"logLevel":"debug","clusterDomain":"corp.local"}}}`),
+				Injection: &meshv1.InjectionSpec{Proxy: &meshv1.ProxySpec{
+					Resources:                       &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m")}},
+					HoldApplicationUntilProxyStarts: ptr.To(true),
+					LogLevel:                        "error",
+					NativeSidecars:                  ptr.To(false),
+				}},
+			},
+			want: map[string]any{
+				"global.proxy.logLevel": "error", "global.proxy.clusterDomain": "corp.local",
+				"global.proxy.holdApplicationUntilProxyStarts": true,
+				"global.proxy.resources.requests.cpu":          "50m",
+				"pilot.env.ENABLE_NATIVE_SIDECARS":             "false",
+			},
+		},
+		"native sidecars unset leave istiod to decide": {
+			spec: meshv1.MeshControlPlaneSpec{Injection: &meshv1.InjectionSpec{Proxy: &meshv1.ProxySpec{LogLevel: "info"}}},
+			want: map[string]any{"pilot.env.ENABLE_NATIVE_SIDECARS": nil, "global.proxy.holdApplicationUntilProxyStarts": nil},
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
