@@ -152,7 +152,7 @@ const (
 // another; a workload annotated capstan.dev/restart: "false" is never restarted.
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.pauseBetween) || duration(self.pauseBetween) >= duration('0s')",message="spec.injection.rollout.pauseBetween: must not be negative"
-// +kubebuilder:validation:XValidation:rule="!has(self.restartTimeout) || duration(self.restartTimeout) >= duration('1m')",message="spec.injection.rollout.restartTimeout: must be at least 1m; a restart needs time to roll out"
+// +kubebuilder:validation:XValidation:rule="!has(self.restartTimeout) || duration(self.restartTimeout) >= duration('10s')",message="spec.injection.rollout.restartTimeout: must be at least 10s; a restart needs time to roll out"
 type RolloutSpec struct {
 	// RestartStaleWorkloads is which workloads with stale sidecars Capstan restarts: Never
 	// (the default), OnUpgrade (another revision or Istio version) or Always (any stale
