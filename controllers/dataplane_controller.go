@@ -98,6 +98,8 @@ type DataPlaneReconciler struct {
 	// guards both.
 	namespacesChanged bool
 	labelledFor       string
+	// restartsInProgress is the restart plan's last count, for the gauge; mu guards it.
+	restartsInProgress int
 	// lastWrite is when the status was last written. Only the reconcile touches it, and a
 	// controller runs one reconcile at a time.
 	lastWrite time.Time
@@ -239,6 +241,9 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			return ctrl.Result{}, err
 		}
 		s.decision = &d
+		r.mu.Lock()
+		r.restartsInProgress = d.InProgress
+		r.mu.Unlock()
 		if !d.Wake.IsZero() {
 			result.RequeueAfter = max(d.Wake.Sub(r.Clock.Now()), time.Second)
 		}
