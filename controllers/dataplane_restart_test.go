@@ -258,6 +258,7 @@ func labelNamespace(name, key, value string) {
 	Expect(k8sClient.Update(ctx, n)).To(Succeed())
 }
 
+// injection is the MeshControlPlane's status.injection.
 func injection(g Gomega) meshv1.InjectionStatus {
 	m := &meshv1.MeshControlPlane{}
 	g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m)).To(Succeed())
