@@ -137,8 +137,8 @@ func TestBenchDataPlane(t *testing.T) {
 		t.Fatalf("the populated cluster is not what the benchmark expects (%d injected at %s of %d running): %+v", meshedNS*perNS, dpFromVersion, nsCount*perNS, seen)
 	}
 	t.Logf("what istiod wrote on an injected pod: labels %v, annotations %v", seen.sampleLabels, seen.sampleAnnotations)
-	// The first operator counted the pods too: its status.injection goes, so that the
-	// counts the measured operator is waited for are its own.
+	// The first operator wrote a status.injection too (before the pods existed): it goes,
+	// so that the counts the measured operator is waited for are its own.
 	if err := clearInjectionStatus(ctx, k8s); err != nil {
 		t.Fatal(err)
 	}
@@ -154,9 +154,16 @@ func TestBenchDataPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = op.Stop() })
+	profiled := make(chan struct{})
 	if pprofAddr != "" {
-		go saveCPUProfile(t, pprofAddr, profileDir, "cpu-dataplane-converge.pb.gz", 30*time.Second)
+		go func() {
+			defer close(profiled)
+			saveCPUProfile(t, pprofAddr, profileDir, "cpu-dataplane-converge.pb.gz", 30*time.Second)
+		}()
+	} else {
+		close(profiled)
 	}
+	defer func() { <-profiled }()
 	if err := waitInjection(ctx, k8s, 5*time.Minute, func(m *meshv1.MeshControlPlane) bool {
 		return meta.IsStatusConditionTrue(m.Status.Conditions, meshv1.ConditionReady) && m.Status.Injection != nil &&
 			countsEqual(*m.Status.Injection, want)
