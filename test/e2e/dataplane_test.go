@@ -485,9 +485,14 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 		max, why := rec.maxOverlap(dpRestartTimeout)
 		Expect(max).To(Equal(1), "never more than maxConcurrent (1) restarts in progress: %s", why)
 		Expect(rec.maxInProgress()).To(Equal(int32(1)), "status.injection.restartsInProgress reached 1 and never more")
-		// The stuck one is restarted second, before web and db: those restarting at all
-		// shows the plan going on after the timeout.
-		Expect(rec.order()).To(Equal([]string{dpAPI.key(), dpStuck.key(), dpWeb.key(), dpDB.key()}))
+		// Capstan restarts in the order namespace, kind, name, so the stuck one comes before
+		// web and db: with one restart at a time, theirs begin only once it timed out, which
+		// shows the plan going on without it.
+		stuck := rec.restartsOf(dpStuck)
+		Expect(stuck).To(HaveLen(1))
+		stuckAt, err := time.Parse(time.RFC3339, stuck[0].At)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(rec.beganAfter(stuckAt.Add(dpRestartTimeout))).To(ConsistOf(dpWeb.key(), dpDB.key()), "restarts that began after the stuck one timed out")
 		Eventually(ctx, func(g Gomega) []string { return restartEvents(ctx, g) }).ShouldNot(BeEmpty(), "RestartingWorkloads events on the MeshControlPlane")
 	}, SpecTimeout(4*time.Minute))
 
@@ -758,24 +763,18 @@ func (r *restartRecorder) restartsOf(w dpWorkload) []recordedRestart {
 	return nil
 }
 
-// order is the workloads in the order their first restart began.
-func (r *restartRecorder) order() []string {
+// beganAfter are the workloads with a restart the recorder saw begin at or after t.
+func (r *restartRecorder) beganAfter(t time.Time) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	type first struct {
-		key string
-		at  time.Time
-	}
-	var fs []first
+	var out []string
 	for k, w := range r.workloads {
-		if len(w.restarts) > 0 {
-			fs = append(fs, first{k, w.restarts[0].Began})
+		for _, rs := range w.restarts {
+			if !rs.Began.Before(t) {
+				out = append(out, k)
+				break
+			}
 		}
-	}
-	sort.Slice(fs, func(i, j int) bool { return fs[i].at.Before(fs[j].at) })
-	out := make([]string, len(fs))
-	for i, f := range fs {
-		out[i] = f.key
 	}
 	return out
 }
