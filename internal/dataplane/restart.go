@@ -7,8 +7,9 @@ import (
 )
 
 // Annotations on a workload that hold its restart state and its opt-out. The restart
-// state lives on each workload, so a plan interrupted by a crash resumes from the cluster
-// alone, and a workload is never restarted twice for the same target.
+// state lives on each workload, written with the restart itself (one write per restarted
+// workload), so a plan interrupted by a crash resumes from the cluster alone, and a
+// workload is never restarted twice for the same target.
 const (
 	// RestartAnnotation "false" keeps Capstan from restarting the workload; its stale pods
 	// are reported.
@@ -20,9 +21,6 @@ const (
 	// RestartedForAnnotation is the target that restart aimed at,
 	// "revision/version/proxy-config".
 	RestartedForAnnotation = "capstan.dev/restarted-for"
-	// RestartCompletedAtAnnotation is when Capstan saw that restart's rollout complete and
-	// available; pauseBetween counts from it.
-	RestartCompletedAtAnnotation = "capstan.dev/restart-completed-at"
 )
 
 // RestartPolicy is spec.injection.rollout.restartStaleWorkloads: which stale sidecars
@@ -72,9 +70,8 @@ func (p Policy) restarts(r Reason) bool {
 
 // Workload is one workload as Decide sees it: its stale pods, its own annotations (the
 // persisted restart state), and what was observed of its rollout. The caller passes every
-// workload with stale pods and every workload whose restart has not been seen to complete
-// (restarted-at newer than restart-completed-at), each as the API server last returned it:
-// never from a cache older than Capstan's own last write to it.
+// workload with stale pods and every workload with a restart that is not complete or not
+// older than the timeout, each never from a cache older than Capstan's own last write to it.
 type Workload struct {
 	// StaleWorkload is what Counts says of its pods; Pods is 0 when none is stale.
 	StaleWorkload
@@ -88,6 +85,13 @@ type Workload struct {
 	// DisruptionBlocked: a PodDisruptionBudget selecting its pods allows no disruption now.
 	// Decide sets no wake-up for it: the caller watches PodDisruptionBudgets.
 	DisruptionBlocked bool
+	// CompletedAt is when the caller saw its last restart complete, from its own memory:
+	// zero when it has not (or forgot, in a crash: the restart is then seen complete anew).
+	CompletedAt time.Time
+	// CannotRestart, when set, says why the caller cannot restart it although its kind is
+	// restartable (its update strategy is OnDelete, it was not found, the API server
+	// refused the last restart): it is reported and the others go on.
+	CannotRestart string
 }
 
 // Inputs are everything Decide looks at.
@@ -106,8 +110,6 @@ const (
 	ActionNone ActionKind = iota
 	// ActionRestart: restart Action.Workload, recording Action.At and Action.For.
 	ActionRestart
-	// ActionCompleted: record that the workload's restart completed at Action.At.
-	ActionCompleted
 )
 
 // Action is at most one write, so that a crash between any two writes leaves a state
@@ -120,18 +122,15 @@ type Action struct {
 	For string
 }
 
-// Annotations are what the write sets, in one patch: on the workload's own metadata, and,
-// for a restart, on its pod template (nil otherwise).
+// Annotations are what a restart sets, in one patch: on the workload's own metadata, and
+// on its pod template, whose change is the restart.
 func (a Action) Annotations() (workload, template map[string]string) {
-	at := a.At.UTC().Format(time.RFC3339)
-	switch a.Kind {
-	case ActionRestart:
-		return map[string]string{RestartedAtAnnotation: at, RestartedForAnnotation: a.For},
-			map[string]string{RestartedAtAnnotation: at}
-	case ActionCompleted:
-		return map[string]string{RestartCompletedAtAnnotation: at}, nil
+	if a.Kind != ActionRestart {
+		return nil, nil
 	}
-	return nil, nil
+	at := a.At.UTC().Format(time.RFC3339)
+	return map[string]string{RestartedAtAnnotation: at, RestartedForAnnotation: a.For},
+		map[string]string{RestartedAtAnnotation: at}
 }
 
 // Status is where a workload stands in the restart plan.
@@ -139,7 +138,7 @@ type Status string
 
 // The statuses of Item.
 const (
-	// StatusRestarting: its restart is under way, or just seen complete and being recorded.
+	// StatusRestarting: its restart is under way.
 	StatusRestarting Status = "Restarting"
 	// StatusQueued: it will be restarted when a restart slot frees or a pause ends.
 	StatusQueued Status = "Queued"
@@ -152,7 +151,8 @@ const (
 	StatusStaleAfterRestart Status = "StaleAfterRestart"
 	// StatusOptedOut: the workload carries capstan.dev/restart=false.
 	StatusOptedOut Status = "OptedOut"
-	// StatusNotRestartable: a Job, a pod no controller owns, or another owner.
+	// StatusNotRestartable: a Job, a pod no controller owns, another owner, or a workload
+	// the caller cannot restart (Workload.CannotRestart).
 	StatusNotRestartable Status = "NotRestartable"
 	// StatusNotRestarted: the policy does not restart it for its reason.
 	StatusNotRestarted Status = "NotRestarted"
@@ -180,6 +180,9 @@ type Decision struct {
 	Items []Item
 	// InProgress is how many restarts are in progress: status.injection.restartsInProgress.
 	InProgress int
+	// Completed are the workloads whose restart is seen complete now, for the first time:
+	// the caller remembers it (Workload.CompletedAt) from Now.
+	Completed []WorkloadRef
 }
 
 // RestartState is the restart state persisted on a workload.
@@ -188,34 +191,19 @@ type RestartState struct {
 	At time.Time
 	// For is the target that restart aimed at.
 	For string
-	// CompletedAt is when that restart (or an earlier one) was seen complete: the restart
-	// at At is in progress while CompletedAt is before it.
-	CompletedAt time.Time
 }
 
 // RestartStateOf reads a workload's restart state from its annotations.
 func RestartStateOf(annotations map[string]string) (RestartState, error) {
 	s := RestartState{For: annotations[RestartedForAnnotation]}
-	for _, a := range [...]struct {
-		key string
-		t   *time.Time
-	}{{RestartedAtAnnotation, &s.At}, {RestartCompletedAtAnnotation, &s.CompletedAt}} {
-		v, ok := annotations[a.key]
-		if !ok {
-			continue
-		}
-		parsed, err := time.Parse(time.RFC3339, v)
+	if v, ok := annotations[RestartedAtAnnotation]; ok {
+		at, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			return RestartState{}, fmt.Errorf("annotation %s: %q is not an RFC 3339 time", a.key, v)
+			return RestartState{}, fmt.Errorf("annotation %s: %q is not an RFC 3339 time", RestartedAtAnnotation, v)
 		}
-		*a.t = parsed
+		s.At = at
 	}
 	return s, nil
-}
-
-// running says whether a restart was made and not yet seen to complete.
-func (s RestartState) running() bool {
-	return !s.At.IsZero() && s.CompletedAt.Before(s.At)
 }
 
 // Decide is the restart plan as a pure function: given the policy, every relevant
@@ -223,10 +211,11 @@ func (s RestartState) running() bool {
 // make next. The controller makes that write and calls Decide again, until there is none.
 //
 // Guarantees: never more than MaxConcurrent restarts in progress (a timed-out one no
-// longer counts); a new restart only PauseBetween after the last completion or timeout;
-// no workload restarted twice for the same target, since the target is written with the
-// restart; a workload whose PodDisruptionBudget allows no disruption waits while the others
-// go on; under Never, no write at all.
+// longer counts); a new restart only PauseBetween after the last completion or timeout
+// (after a crash, the first completion seen counts from then); no workload restarted
+// twice for the same target, since the target is written with the restart; a workload
+// whose PodDisruptionBudget allows no disruption waits while the others go on; under
+// Never, no write at all.
 func Decide(in Inputs) Decision {
 	p := in.Policy
 	if p.MaxConcurrent < 1 {
@@ -236,7 +225,6 @@ func Decide(in Inputs) Decision {
 		p.Timeout = DefaultRestartTimeout
 	}
 	now := in.Now.UTC().Truncate(time.Second)
-	never := policyName(p.Restart) == RestartNever
 	var (
 		d          Decision
 		lastEnd    time.Time // the last completion or timeout of a restart
@@ -259,17 +247,12 @@ func Decide(in Inputs) Decision {
 		}
 		deadline := st.At.Add(p.Timeout)
 		switch complete := w.GenerationObserved && w.RolloutComplete; {
-		case !st.running():
-			lastEnd = later(lastEnd, st.CompletedAt)
-		case complete && never:
-			// Never records nothing, but this restart is over all the same.
+		case st.At.IsZero():
+		case !w.CompletedAt.Before(st.At):
+			lastEnd = later(lastEnd, w.CompletedAt)
 		case complete:
-			if d.Action.Kind == ActionNone {
-				d.Action = Action{Kind: ActionCompleted, Workload: w.WorkloadRef, At: now}
-			}
-			d.InProgress++
-			item(w, StatusRestarting, "restarted at %s; its rollout is complete and available", formatTime(st.At))
-			continue
+			d.Completed = append(d.Completed, w.WorkloadRef)
+			lastEnd = now
 		case now.Before(deadline):
 			d.InProgress++
 			wake(deadline, w.String()+" times out")
@@ -290,6 +273,8 @@ func Decide(in Inputs) Decision {
 		switch {
 		case !w.Restartable():
 			item(w, StatusNotRestartable, "%s; %s", stale, w.whyNotRestartable())
+		case w.CannotRestart != "":
+			item(w, StatusNotRestartable, "%s; %s", stale, w.CannotRestart)
 		case w.Annotations[RestartAnnotation] == "false":
 			item(w, StatusOptedOut, "%s, not restarted: it has %s=false", stale, RestartAnnotation)
 		case !p.restarts(w.Reason):

@@ -16,14 +16,9 @@ func stale(name string, reason Reason) StaleWorkload {
 	return StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", name}, Pods: 3, Reason: reason, Target: target}
 }
 
-// restarted is the annotations of a workload restarted at at for target for, and seen to
-// complete at done (zero: not yet).
-func restarted(at time.Time, forTarget string, done time.Time) map[string]string {
+// restarted is the annotations of a workload restarted at at for target forTarget.
+func restarted(at time.Time, forTarget string) map[string]string {
 	a, _ := Action{Kind: ActionRestart, At: at, For: forTarget}.Annotations()
-	if !done.IsZero() {
-		c, _ := Action{Kind: ActionCompleted, At: done}.Annotations()
-		maps.Copy(a, c)
-	}
 	return a
 }
 
@@ -36,7 +31,7 @@ func TestDecide(t *testing.T) {
 	paused := always
 	paused.PauseBetween = 5 * time.Minute
 	running := func(w StaleWorkload, at time.Time) Workload {
-		return Workload{StaleWorkload: w, Annotations: restarted(at, target, time.Time{}), GenerationObserved: true}
+		return Workload{StaleWorkload: w, Annotations: restarted(at, target), GenerationObserved: true}
 	}
 	job := StaleWorkload{WorkloadRef: WorkloadRef{"Job", "shop", "migrate"}, Pods: 1, Reason: VersionChanged, Target: target}
 	bare := StaleWorkload{WorkloadRef: WorkloadRef{"Pod", "shop", "debug"}, Pods: 1, Reason: VersionChanged, Target: target}
@@ -58,8 +53,8 @@ func TestDecide(t *testing.T) {
 			always, []Workload{{StaleWorkload: stale("b", ProxyConfigChanged)}, {StaleWorkload: stale("a", Unstamped)}},
 			ActionRestart, "a", map[string]Status{"a": StatusRestarting, "b": StatusQueued}, time.Time{}, 1,
 		},
-		"Never writes nothing, not even a completion": {
-			Policy{}, []Workload{{StaleWorkload: stale("a", VersionChanged)}, {StaleWorkload: stale("b", VersionChanged), Annotations: restarted(t0.Add(-time.Minute), target, time.Time{}), GenerationObserved: true, RolloutComplete: true}},
+		"Never writes nothing": {
+			Policy{}, []Workload{{StaleWorkload: stale("a", VersionChanged)}, {StaleWorkload: stale("b", VersionChanged), Annotations: restarted(t0.Add(-time.Minute), "default/1.31.0/cA"), GenerationObserved: true, RolloutComplete: true}},
 			ActionNone, "", map[string]Status{"a": StatusNotRestarted, "b": StatusNotRestarted}, time.Time{}, 0,
 		},
 		"Never after a plan began: a restart still rolling is in progress": {
@@ -98,20 +93,28 @@ func TestDecide(t *testing.T) {
 			two, []Workload{running(stale("a", VersionChanged), t0.Add(-time.Minute)), {StaleWorkload: stale("b", VersionChanged)}, {StaleWorkload: stale("c", VersionChanged)}},
 			ActionRestart, "b", map[string]Status{"a": StatusRestarting, "b": StatusRestarting, "c": StatusQueued}, t0.Add(9 * time.Minute), 2,
 		},
-		"a rollout seen complete is recorded before anything else": {
-			two, []Workload{{StaleWorkload: stale("b", VersionChanged)}, {StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Minute), target, time.Time{}), GenerationObserved: true, RolloutComplete: true}},
-			ActionCompleted, "a", map[string]Status{"a": StatusRestarting, "b": StatusQueued}, time.Time{}, 1,
+		"a rollout seen complete frees its slot: the next restarts": {
+			always, []Workload{{StaleWorkload: stale("b", VersionChanged)}, {StaleWorkload: StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", "a"}}, Annotations: restarted(t0.Add(-time.Minute), target), GenerationObserved: true, RolloutComplete: true}},
+			ActionRestart, "b", map[string]Status{"b": StatusRestarting}, time.Time{}, 1,
+		},
+		"a new restart waits pauseBetween after a completion seen now": {
+			paused, []Workload{{StaleWorkload: stale("b", VersionChanged)}, {StaleWorkload: StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", "a"}}, Annotations: restarted(t0.Add(-time.Minute), target), GenerationObserved: true, RolloutComplete: true}},
+			ActionNone, "", map[string]Status{"b": StatusQueued}, t0.Add(5 * time.Minute), 0,
+		},
+		"a workload the caller cannot restart is reported, the next restarted": {
+			always, []Workload{{StaleWorkload: stale("a", VersionChanged), CannotRestart: "its updateStrategy is OnDelete"}, {StaleWorkload: stale("b", VersionChanged)}},
+			ActionRestart, "b", map[string]Status{"a": StatusNotRestartable, "b": StatusRestarting}, time.Time{}, 1,
 		},
 		"a rollout whose generation is not yet observed is not complete": {
-			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0, target, time.Time{}), RolloutComplete: true}},
+			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0, target), RolloutComplete: true}},
 			ActionNone, "", map[string]Status{"a": StatusRestarting}, t0.Add(10 * time.Minute), 1,
 		},
 		"pauseBetween counts from the last completion": {
-			paused, []Workload{{Annotations: restarted(t0.Add(-time.Hour), target, t0.Add(-time.Minute)), StaleWorkload: StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", "a"}}}, {StaleWorkload: stale("b", VersionChanged)}},
+			paused, []Workload{{Annotations: restarted(t0.Add(-time.Hour), target), CompletedAt: t0.Add(-time.Minute), StaleWorkload: StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", "a"}}}, {StaleWorkload: stale("b", VersionChanged)}},
 			ActionNone, "", map[string]Status{"b": StatusQueued}, t0.Add(4 * time.Minute), 0,
 		},
 		"pauseBetween over: restart": {
-			paused, []Workload{{Annotations: restarted(t0.Add(-time.Hour), target, t0.Add(-5*time.Minute)), StaleWorkload: StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", "a"}}}, {StaleWorkload: stale("b", VersionChanged)}},
+			paused, []Workload{{Annotations: restarted(t0.Add(-time.Hour), target), CompletedAt: t0.Add(-5 * time.Minute), StaleWorkload: StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", "a"}}}, {StaleWorkload: stale("b", VersionChanged)}},
 			ActionRestart, "b", map[string]Status{"b": StatusRestarting}, time.Time{}, 1,
 		},
 		"pauseBetween counts from a timeout": {
@@ -122,20 +125,20 @@ func TestDecide(t *testing.T) {
 			always, []Workload{running(stale("a", VersionChanged), t0.Add(-10*time.Minute)), {StaleWorkload: stale("b", VersionChanged)}},
 			ActionRestart, "b", map[string]Status{"a": StatusTimedOut, "b": StatusRestarting}, time.Time{}, 1,
 		},
-		"a timed-out workload that completes at last is recorded": {
-			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Hour), target, time.Time{}), GenerationObserved: true, RolloutComplete: true}},
-			ActionCompleted, "a", map[string]Status{"a": StatusRestarting}, time.Time{}, 1,
+		"a timed-out workload that completes at last, still stale, is not restarted again": {
+			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Hour), target), GenerationObserved: true, RolloutComplete: true}},
+			ActionNone, "", map[string]Status{"a": StatusStaleAfterRestart}, time.Time{}, 0,
 		},
 		"still stale after its restart for the same target: not restarted again": {
-			always, []Workload{{StaleWorkload: stale("a", ProxyConfigChanged), Annotations: restarted(t0.Add(-time.Hour), target, t0.Add(-50*time.Minute))}},
+			always, []Workload{{StaleWorkload: stale("a", ProxyConfigChanged), Annotations: restarted(t0.Add(-time.Hour), target), CompletedAt: t0.Add(-50 * time.Minute)}},
 			ActionNone, "", map[string]Status{"a": StatusStaleAfterRestart}, time.Time{}, 0,
 		},
 		"restarted for an older target: restarted for the new one": {
-			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Hour), "default/1.31.0/cA", t0.Add(-50*time.Minute))}},
+			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Hour), "default/1.31.0/cA"), CompletedAt: t0.Add(-50 * time.Minute)}},
 			ActionRestart, "a", map[string]Status{"a": StatusRestarting}, time.Time{}, 1,
 		},
 		"timed out for an older target: the new target is a new attempt": {
-			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Hour), "default/1.31.0/cA", time.Time{})}},
+			always, []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Hour), "default/1.31.0/cA")}},
 			ActionRestart, "a", map[string]Status{"a": StatusRestarting}, time.Time{}, 1,
 		},
 		"an unreadable restart state is reported and left alone": {
@@ -179,7 +182,7 @@ func TestRestartAnnotationsRoundTrip(t *testing.T) {
 	d := Decide(Inputs{Policy: Policy{Restart: RestartAlways}, Workloads: []Workload{{StaleWorkload: stale("a", VersionChanged)}}, Now: at})
 	meta, template := d.Action.Annotations()
 	st, err := RestartStateOf(meta)
-	if err != nil || !st.At.Equal(t0.Add(time.Second)) || st.For != target || !st.CompletedAt.IsZero() {
+	if err != nil || !st.At.Equal(t0.Add(time.Second)) || st.For != target {
 		t.Fatalf("restart state %+v, %v; want at %s for %s", st, err, t0.Add(time.Second), target)
 	}
 	if template[RestartedAtAnnotation] != meta[RestartedAtAnnotation] || len(template) != 1 {
@@ -187,16 +190,18 @@ func TestRestartAnnotationsRoundTrip(t *testing.T) {
 	}
 }
 
-// world is a cluster of workloads for the restart plan to run against: its only memory is
-// the annotations it persists on each workload, as a cluster's.
+// world is a cluster of workloads for the restart plan to run against: what persists is
+// the annotations on each workload, as a cluster's; the completions the controller saw
+// are its memory, lost in a crash.
 type world struct {
-	t       *testing.T
-	now     time.Time
-	policy  Policy
-	loads   []*simLoad
-	dropAt  int // the write lost to a crash just before it; -1 for none
-	writes  int
-	crashes int
+	t         *testing.T
+	now       time.Time
+	policy    Policy
+	loads     []*simLoad
+	completed map[WorkloadRef]time.Time
+	dropAt    int // the write lost to a crash just before it; -1 for none
+	writes    int
+	crashes   int
 }
 
 // simLoad is one workload: how it behaves when restarted, and what happened to it.
@@ -229,7 +234,7 @@ func (l *simLoad) end() (time.Time, bool) {
 func (w *world) inputs() Inputs {
 	in := Inputs{Policy: w.policy, Now: w.now}
 	for _, l := range w.loads {
-		wl := Workload{StaleWorkload: l.StaleWorkload, Annotations: maps.Clone(l.annotations), DisruptionBlocked: w.now.Before(l.pdbUntil)}
+		wl := Workload{StaleWorkload: l.StaleWorkload, Annotations: maps.Clone(l.annotations), DisruptionBlocked: w.now.Before(l.pdbUntil), CompletedAt: w.completed[l.WorkloadRef]}
 		if len(l.restarts) > 0 && l.done(w.now) && !l.staysStale {
 			wl.Pods = 0
 		}
@@ -243,16 +248,21 @@ func (w *world) inputs() Inputs {
 }
 
 // reconcile runs Decide until it has nothing to write, as one controller reconcile does;
-// a crash loses one write and ends the reconcile, and the operator comes back 20s later.
+// a crash loses one write and the controller's memory and ends the reconcile, and the
+// operator comes back 20s later.
 func (w *world) reconcile() Decision {
 	for range 20 {
 		d := Decide(w.inputs())
+		for _, ref := range d.Completed {
+			w.completed[ref] = w.now
+		}
 		if d.Action.Kind == ActionNone {
 			return d
 		}
 		w.writes++
 		if w.writes == w.dropAt {
 			w.crashes++
+			w.completed = map[WorkloadRef]time.Time{}
 			w.now = w.now.Add(20 * time.Second)
 			return d
 		}
@@ -274,10 +284,8 @@ func (w *world) apply(a Action) {
 	}
 	meta, _ := a.Annotations()
 	maps.Copy(l.annotations, meta)
-	if a.Kind == ActionRestart {
-		l.restarts = append(l.restarts, w.now)
-		w.checkInvariants(l)
-	}
+	l.restarts = append(l.restarts, w.now)
+	w.checkInvariants(l)
 }
 
 // checkInvariants holds every restart to the plan's guarantees, from what really happened.
@@ -342,7 +350,7 @@ func newWorld(t *testing.T, p Policy) *world {
 	slow.pdbUntil = t0.Add(30 * time.Minute)
 	optOut.rollout, optOut.annotations[RestartAnnotation] = time.Minute, "false"
 	ds.staysStale = true
-	return &world{t: t, now: t0, policy: p, dropAt: -1, loads: []*simLoad{
+	return &world{t: t, now: t0, policy: p, dropAt: -1, completed: map[WorkloadRef]time.Time{}, loads: []*simLoad{
 		quick, slow, stuck, optOut, sts, ds, settings, load("Job", "ops", "g", VersionChanged), load("Pod", "ops", "h", VersionChanged),
 	}}
 }
@@ -378,8 +386,8 @@ func TestRestartPlanRunsToTheEnd(t *testing.T) {
 	if !maps.Equal(got, want) {
 		t.Errorf("outcome\n%v\nwant\n%v", got, want)
 	}
-	if w.writes != 11 {
-		t.Errorf("%d writes, want 11 (6 restarts, 5 completions)", w.writes)
+	if w.writes != 6 {
+		t.Errorf("%d writes, want 6: one per restarted workload", w.writes)
 	}
 	onUpgrade := newWorld(t, Policy{Restart: RestartOnUpgrade, MaxConcurrent: 2, Timeout: 10 * time.Minute})
 	if got := outcome(onUpgrade, onUpgrade.run(2*time.Hour))["Deployment shop/i"]; got != "restarts 0, "+string(StatusNotRestarted) {
@@ -411,5 +419,24 @@ func TestCrashBetweenEveryTwoWrites(t *testing.T) {
 				t.Errorf("outcome\n%v\nwithout a crash\n%v", got, want)
 			}
 		})
+	}
+}
+
+// TestDecideReportsCompletionsOnce: a restart seen complete is reported in Completed once;
+// remembered, it is not reported again and pauseBetween counts from then.
+func TestDecideReportsCompletionsOnce(t *testing.T) {
+	a := Workload{StaleWorkload: StaleWorkload{WorkloadRef: WorkloadRef{"Deployment", "shop", "a"}}, Annotations: restarted(t0.Add(-time.Minute), target), GenerationObserved: true, RolloutComplete: true}
+	d := Decide(Inputs{Policy: Policy{Restart: RestartAlways}, Workloads: []Workload{a}, Now: t0})
+	if len(d.Completed) != 1 || d.Completed[0] != a.WorkloadRef || d.InProgress != 0 {
+		t.Fatalf("completed %v, %d in progress; want %s complete", d.Completed, d.InProgress, a.WorkloadRef)
+	}
+	a.CompletedAt = t0
+	if d := Decide(Inputs{Policy: Policy{Restart: RestartAlways}, Workloads: []Workload{a}, Now: t0.Add(time.Minute)}); len(d.Completed) != 0 {
+		t.Errorf("a remembered completion reported again: %v", d.Completed)
+	}
+	running := a
+	running.RolloutComplete, running.CompletedAt = false, time.Time{}
+	if d := Decide(Inputs{Policy: Policy{Restart: RestartAlways}, Workloads: []Workload{running}, Now: t0}); len(d.Completed) != 0 || d.InProgress != 1 {
+		t.Errorf("a rollout not complete: completed %v, %d in progress", d.Completed, d.InProgress)
 	}
 }
