@@ -412,7 +412,6 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 			c := sidecarsCurrentOf(g, m)
 			g.Expect(c.Status).To(Equal(metav1.ConditionFalse), "SidecarsCurrent: %s: %s", c.Reason, c.Message)
 			g.Expect(c.Reason).To(Equal(string(dataplane.VersionChanged)))
-			g.Expect(c.Message).To(HavePrefix("5 of 5 running sidecars are stale"))
 			g.Expect(inj.InjectedPods).To(Equal(int32(5)), "injectedPods")
 			g.Expect(inj.StalePods).To(Equal(inj.InjectedPods), "stalePods: every injected pod runs the 1.31.0 proxy")
 			g.Expect(attentionOf(g, m)).To(ConsistOf(
@@ -468,7 +467,7 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 			c := sidecarsCurrentOf(g, m)
 			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
 			g.Expect(c.Reason).To(Equal(string(dataplane.VersionChanged)))
-			g.Expect(c.Message).To(And(HavePrefix("1 of 5 running sidecars are stale"), ContainSubstring(dpStuck.key())))
+			g.Expect(c.Message).To(ContainSubstring(dpStuck.key()), "SidecarsCurrent names the stuck workload")
 		}).Should(Succeed())
 
 		// The stuck workload: restarted once, its new pod injected with 1.31.1 but stranded;
