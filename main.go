@@ -149,7 +149,7 @@ func run() error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the mesh CA controller: %w", err)
 	}
-	dataPlane := &controllers.DataPlaneReconciler{Client: mgr.GetClient(), OperatorNamespace: os.Getenv("POD_NAMESPACE")}
+	dataPlane := &controllers.DataPlaneReconciler{Client: mgr.GetClient(), OperatorNamespace: os.Getenv("POD_NAMESPACE"), Recorder: mgr.GetEventRecorder("capstan")}
 	if err := dataPlane.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the data-plane status controller: %w", err)
 	}

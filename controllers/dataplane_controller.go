@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"reflect"
 	"strconv"
@@ -9,18 +10,23 @@ import (
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/dataplane"
@@ -47,14 +53,16 @@ const podTemplateHashLabel = "pod-template-hash"
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch;patch
 
-// DataPlaneReconciler reports the data plane in status.injection and the SidecarsCurrent
-// condition: how many pods carry a sidecar, how many should and do not, how many run a
-// stale one, and what needs attention. The one write it makes to the data plane is the
+// DataPlaneReconciler reports the data plane in status.injection, status.revisions and the
+// SidecarsCurrent condition: how many pods carry a sidecar, how many should and do not,
+// how many run a stale one, and what needs attention. It writes to the data plane the
 // injection label of the namespaces spec.injection.namespaceSelector selects (see
-// reconcileInjectionLabels); it writes no pod or workload.
+// reconcileInjectionLabels) and, as spec.injection.rollout allows, one restart patch per
+// workload with stale sidecars (see runRestarts); it never deletes a pod.
 //
 // Its counts are fed one event at a time by the pod and namespace informers (a pod event
-// costs O(1); nothing ever lists all pods), and its reconcile only turns them into status.
+// costs O(1); nothing ever lists all pods), and its reconcile only turns them into status
+// and restarts.
 type DataPlaneReconciler struct {
 	client.Client
 	// Clock is the time source; a fake one in tests.
@@ -64,6 +72,12 @@ type DataPlaneReconciler struct {
 	StatusInterval time.Duration
 	// OperatorNamespace is where the operator runs: never labelled for injection.
 	OperatorNamespace string
+	// Recorder records an Event per batch of restarts, refusal and timeout.
+	Recorder events.EventRecorder
+
+	// workloads is the restart cache: every workload and PodDisruptionBudget, cut down
+	// (see restartCacheObjects).
+	workloads cache.Cache
 
 	// mu guards counts, which the informers' goroutines feed and the reconcile reads.
 	mu     sync.Mutex
@@ -76,22 +90,95 @@ type DataPlaneReconciler struct {
 	// revision and cpNamespace are the revision and control-plane namespace planned from
 	// the MeshControlPlane desiredFor names.
 	revision, cpNamespace string
+	// restarts is what the restart plan remembers; mu guards it.
+	restarts restartMemory
 	// lastWrite is when the status was last written. Only the reconcile touches it, and a
 	// controller runs one reconcile at a time.
 	lastWrite time.Time
 }
 
 // SetupWithManager registers the data-plane controller: the MeshControlPlane's spec (which
-// says which revision and stamps are current), and every pod and namespace through event
-// handlers that update the counts before they enqueue the one MeshControlPlane.
+// says which revision and stamps are current) and its readiness (restarts wait for it),
+// every pod and namespace through event handlers that update the counts before they
+// enqueue the one MeshControlPlane, and, from a cache of their own, every workload (whose
+// restarts are tracked) and PodDisruptionBudget.
 func (r *DataPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.init()
+	c, err := cache.New(mgr.GetConfig(), cache.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), ByObject: restartCacheObjects()})
+	if err != nil {
+		return fmt.Errorf("the restart cache: %w", err)
+	}
+	if err := mgr.Add(c); err != nil {
+		return err
+	}
+	r.workloads = c
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("dataplane").
-		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, readinessChanged))).
 		Watches(&corev1.Pod{}, r.podEvents()).
 		WatchesMetadata(metadataOf(namespaceGVK), r.namespaceEvents()).
+		WatchesRawSource(source.Kind(c, &appsv1.Deployment{}, workloadEvents[*appsv1.Deployment](r))).
+		WatchesRawSource(source.Kind(c, &appsv1.StatefulSet{}, workloadEvents[*appsv1.StatefulSet](r))).
+		WatchesRawSource(source.Kind(c, &appsv1.DaemonSet{}, workloadEvents[*appsv1.DaemonSet](r))).
+		WatchesRawSource(source.Kind(c, &policyv1.PodDisruptionBudget{}, pdbEvents)).
 		Complete(r)
+}
+
+// readinessChanged passes a MeshControlPlane whose Ready condition or observed generation
+// changed: restarts wait until the control plane serves the current generation.
+var readinessChanged = predicate.Funcs{
+	CreateFunc: func(event.CreateEvent) bool { return false },
+	DeleteFunc: func(event.DeleteEvent) bool { return false },
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*meshv1.MeshControlPlane)
+		n, ok2 := e.ObjectNew.(*meshv1.MeshControlPlane)
+		return ok1 && ok2 && (restartHold(o) != restartHold(n))
+	},
+	GenericFunc: func(event.GenericEvent) bool { return false },
+}
+
+// workloadEvents feeds the restart memory from the restart cache, and enqueues the one
+// MeshControlPlane when a restart began or its rollout completed.
+func workloadEvents[T client.Object](r *DataPlaneReconciler) handler.TypedEventHandler[T, reconcile.Request] {
+	track := func(obj client.Object, gone bool, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		st, ok := stateOf(obj)
+		if !ok {
+			return
+		}
+		if gone {
+			obj = nil
+		}
+		r.mu.Lock()
+		changed := r.restarts.track(st.ref, obj, r.Clock.Now())
+		r.mu.Unlock()
+		if changed {
+			enqueueSingleton(q)
+		}
+	}
+	return handler.TypedFuncs[T, reconcile.Request]{
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			track(e.Object, false, q)
+		},
+		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			track(e.ObjectNew, false, q)
+		},
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			track(e.Object, true, q)
+		},
+	}
+}
+
+// pdbEvents enqueues the one MeshControlPlane when a PodDisruptionBudget starts or stops
+// allowing disruptions: a restart may be waiting for it.
+var pdbEvents = handler.TypedFuncs[*policyv1.PodDisruptionBudget, reconcile.Request]{
+	UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[*policyv1.PodDisruptionBudget], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		if (e.ObjectOld.Status.DisruptionsAllowed == 0) != (e.ObjectNew.Status.DisruptionsAllowed == 0) {
+			enqueueSingleton(q)
+		}
+	},
+	DeleteFunc: func(_ context.Context, _ event.TypedDeleteEvent[*policyv1.PodDisruptionBudget], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		enqueueSingleton(q)
+	},
 }
 
 func (r *DataPlaneReconciler) init() {
@@ -103,6 +190,9 @@ func (r *DataPlaneReconciler) init() {
 	}
 	if r.counts == nil {
 		r.counts = dataplane.NewCounts(dataplane.Desired{})
+	}
+	if r.restarts.tracked == nil {
+		r.restarts = newRestartMemory()
 	}
 }
 
@@ -136,15 +226,26 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if !mcp.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
+	var result ctrl.Result
+	if s.hasDesired && s.planErr == nil {
+		d, err := r.runRestarts(ctx, s)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		s.decision = &d
+		if !d.Wake.IsZero() {
+			result.RequeueAfter = max(d.Wake.Sub(r.Clock.Now()), time.Second)
+		}
+	}
 	s.summarize()
 	if !s.changed() {
-		return ctrl.Result{}, nil
+		return result, nil
 	}
 	if err := client.IgnoreNotFound(applyStatusFields(ctx, r.Client, s.mcp, DataPlaneFieldManager, s.fields())); err != nil {
 		return ctrl.Result{}, err
 	}
 	r.lastWrite = r.Clock.Now()
-	return ctrl.Result{}, nil
+	return result, nil
 }
 
 // observe gives the counts the desired state of the spec, when it changed, and takes what
@@ -176,6 +277,8 @@ func (r *DataPlaneReconciler) observe(s *dataPlaneScope) {
 	s.hasDesired = r.hasDesired
 	s.revision, s.cpNamespace = r.revision, r.cpNamespace
 	s.sum = r.counts.Summary()
+	s.uses = r.counts.Uses()
+	s.revisions = r.desired.Resolver.Revisions
 	s.stale = r.counts.StaleWorkloads()
 	s.missing = r.counts.MissingRevisions()
 }

@@ -154,7 +154,7 @@ func statusRecordingClient(t *testing.T, onWrite func()) client.Client {
 			if err := c.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, cur); err != nil {
 				return err
 			}
-			cur.Status.Injection = applied.Status.Injection
+			cur.Status.Injection, cur.Status.Revisions = applied.Status.Injection, applied.Status.Revisions
 			for _, cond := range applied.Status.Conditions {
 				meta.SetStatusCondition(&cur.Status.Conditions, cond)
 			}

@@ -5,6 +5,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -22,13 +23,14 @@ import (
 )
 
 // NewScheme returns the types the operator reads and writes as typed objects: its own
-// resource, and the Secrets, Namespaces, ConfigMaps, Deployments and CRDs it reads. What
-// the charts render is handled as unstructured objects and needs no registration. It is
+// resource, and the Secrets, Namespaces, ConfigMaps, workloads, PodDisruptionBudgets and
+// CRDs it reads. What the charts render is handled as unstructured objects and needs no
+// registration. It is
 // kept this small because every registered group costs memory for the operator's life, and
 // client-go already holds a scheme of every built-in type; tests that create other kinds
 // as typed objects use NewTestScheme.
 func NewScheme() (*runtime.Scheme, error) {
-	return newScheme(corev1.AddToScheme, appsv1.AddToScheme, apiextensionsv1.AddToScheme, meshv1.AddToScheme)
+	return newScheme(corev1.AddToScheme, appsv1.AddToScheme, policyv1.AddToScheme, apiextensionsv1.AddToScheme, meshv1.AddToScheme)
 }
 
 // NewTestScheme is NewScheme with every built-in Kubernetes type, for tests.

@@ -218,6 +218,17 @@ func (r *MeshControlPlaneReconciler) patchStatus(ctx context.Context, s *scope) 
 	if len(st.Components) > 0 {
 		fields["components"] = st.Components
 	}
+	// The install's fields of status.revisions: as observed, or else as they were, so that
+	// a reconcile that stopped before observe keeps them.
+	var revs []map[string]any
+	for _, r := range st.Revisions {
+		if r.Version != "" || r.Ready != nil {
+			revs = append(revs, map[string]any{"name": r.Name, "version": r.Version, "ready": r.Ready})
+		}
+	}
+	if len(revs) > 0 {
+		fields["revisions"] = revs
+	}
 	return client.IgnoreNotFound(applyStatusFields(ctx, r.Client, s.mcp, apply.FieldManager, fields))
 }
 

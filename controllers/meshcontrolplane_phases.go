@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -505,24 +506,63 @@ func (r *MeshControlPlaneReconciler) observe(ctx context.Context, s *scope) (ctr
 		}
 	}
 	var components []meshv1.ComponentStatus
+	istiodReady := map[string]bool{} // by revision: every istiod Deployment of it is ready
 	for _, ref := range slices.SortedFunc(maps.Keys(refs), func(a, b apply.Ref) int { return strings.Compare(a.String(), b.String()) }) {
 		dep := s.written[ref]
 		if dep == nil {
 			dep = live[ref]
 		}
+		var c meshv1.ComponentStatus
 		if dep == nil {
-			components = append(components, meshv1.ComponentStatus{Name: ref.Name, DesiredReplicas: 1})
+			c = meshv1.ComponentStatus{Name: ref.Name, DesiredReplicas: 1}
+			for _, o := range s.desired {
+				if apply.RefOf(o.Unstructured) == ref {
+					dep = o.Unstructured // not applied yet: its labels say which unit it is
+				}
+			}
+		} else {
+			d := &appsv1.Deployment{}
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(dep.Object, d); err != nil {
+				return ctrl.Result{}, fmt.Errorf("reading %s: %w", ref, err)
+			}
+			c = deploymentStatus(ref.Name, d)
+		}
+		components = append(components, c)
+		if dep == nil {
 			continue
 		}
-		d := &appsv1.Deployment{}
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(dep.Object, d); err != nil {
-			return ctrl.Result{}, fmt.Errorf("reading %s: %w", ref, err)
+		if inv, ok := apply.InventoryOf(dep.GetLabels()); ok && installsIstiod(inv) {
+			ready, seen := istiodReady[inv.Revision]
+			istiodReady[inv.Revision] = c.Ready && (ready || !seen)
 		}
-		components = append(components, deploymentStatus(ref.Name, d))
 	}
 	s.mcp.Status.Components = components
+	var revisions []meshv1.RevisionStatus
+	for _, rev := range slices.Sorted(maps.Keys(istiodReady)) {
+		revisions = append(revisions, meshv1.RevisionStatus{Name: rev, Version: s.mcp.Status.Version, Ready: ptr.To(istiodReady[rev])})
+	}
+	mergeRevisions(&s.mcp.Status, revisions)
 	s.observed = true
 	return ctrl.Result{}, nil
+}
+
+// mergeRevisions sets the install's fields (version, ready) of status.revisions to ours,
+// keeping the data plane's, and drops the install's fields of revisions no longer
+// installed.
+func mergeRevisions(st *meshv1.MeshControlPlaneStatus, ours []meshv1.RevisionStatus) {
+	out := make([]meshv1.RevisionStatus, 0, len(ours))
+	for _, o := range ours {
+		if i := slices.IndexFunc(st.Revisions, func(r meshv1.RevisionStatus) bool { return r.Name == o.Name }); i >= 0 {
+			o.InUse, o.Pods, o.Namespaces = st.Revisions[i].InUse, st.Revisions[i].Pods, st.Revisions[i].Namespaces
+		}
+		out = append(out, o)
+	}
+	for _, r := range st.Revisions {
+		if !slices.ContainsFunc(ours, func(o meshv1.RevisionStatus) bool { return o.Name == r.Name }) && r.InUse != "" {
+			out = append(out, meshv1.RevisionStatus{Name: r.Name, InUse: r.InUse, Pods: r.Pods, Namespaces: r.Namespaces})
+		}
+	}
+	st.Revisions = out
 }
 
 // deploymentStatus says whether a Deployment has rolled out its current spec and has every

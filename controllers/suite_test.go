@@ -78,7 +78,7 @@ var _ = BeforeSuite(func() {
 		PollInterval:       300 * time.Millisecond,
 		SourcePollInterval: 500 * time.Millisecond,
 	}).SetupWithManager(mgr)).To(Succeed())
-	Expect((&controllers.DataPlaneReconciler{Client: mgr.GetClient(), OperatorNamespace: operatorNamespace}).SetupWithManager(mgr)).To(Succeed())
+	Expect((&controllers.DataPlaneReconciler{Client: mgr.GetClient(), OperatorNamespace: operatorNamespace, Recorder: mgr.GetEventRecorder("capstan")}).SetupWithManager(mgr)).To(Succeed())
 
 	var ctx context.Context
 	ctx, cancel = context.WithCancel(context.Background())

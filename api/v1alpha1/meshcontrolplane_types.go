@@ -439,6 +439,12 @@ const (
 	// ReasonInvalidSelector: the selector cannot be parsed; no namespace is labelled or
 	// unlabelled until it is fixed.
 	ReasonInvalidSelector = "InvalidSelector"
+	// ReasonRestartingWorkloads (an Event): Capstan restarted a batch of workloads whose
+	// sidecars are stale.
+	ReasonRestartingWorkloads = "RestartingWorkloads"
+	// ReasonRestartRefused (an Event): the API server refused a restart; the workload is
+	// reported and the others go on.
+	ReasonRestartRefused = "RestartRefused"
 )
 
 // MeshControlPlane declares the cluster's Istio control plane. There is one per cluster,

@@ -288,6 +288,8 @@ func TestBuildDescriptors(t *testing.T) {
 		{"security.ca.certManager.issuerRef.kind", []string{"urn:alm:descriptor:com.tectonic.ui:fieldDependency:security.ca.type:CertManager", select_ + "Issuer", select_ + "ClusterIssuer"}},
 		{"security.ca.rootTTL", []string{"urn:alm:descriptor:com.tectonic.ui:text", "urn:alm:descriptor:com.tectonic.ui:advanced"}},
 		{"security.ca.rotation.automatic", []string{"urn:alm:descriptor:com.tectonic.ui:booleanSwitch"}},
+		{"injection.rollout.restartStaleWorkloads", []string{select_ + "Never", select_ + "OnUpgrade", select_ + "Always"}},
+		{"injection.namespaceSelector", []string{"urn:alm:descriptor:com.tectonic.ui:selector:core:v1:Namespace"}},
 	} {
 		if got := byPath[tc.path]; !slices.Equal(got, tc.want) {
 			t.Errorf("%s: x-descriptors %q, want %q", tc.path, got, tc.want)
@@ -299,7 +301,8 @@ func TestBuildDescriptors(t *testing.T) {
 	}
 	if want := []string{"conditions", "version", "components", "ca.type", "ca.phase", "ca.rootExpiry", "ca.intermediateExpiry",
 		"ca.nextAction", "ca.nextActionReason", "ca.rotationReason",
-		"injection.meshedNamespaces", "injection.injectedPods", "injection.uninjectedPods", "injection.stalePods", "observedGeneration"}; !slices.Equal(status, want) {
+		"injection.meshedNamespaces", "injection.injectedPods", "injection.uninjectedPods", "injection.stalePods",
+		"injection.restartsInProgress", "revisions", "observedGeneration"}; !slices.Equal(status, want) {
 		t.Errorf("status descriptors %q, want %q", status, want)
 	}
 }

@@ -133,9 +133,11 @@ const (
 	xAdvanced      = "urn:alm:descriptor:com.tectonic.ui:advanced"
 	xHidden        = "urn:alm:descriptor:com.tectonic.ui:hidden"
 	xSelectPrefix  = "urn:alm:descriptor:com.tectonic.ui:select:"
-	xDependsPrefix = "urn:alm:descriptor:com.tectonic.ui:fieldDependency:"
-	xStatusText    = "urn:alm:descriptor:text"
-	xConditions    = "urn:alm:descriptor:io.kubernetes.conditions"
+	// xNamespaceSelector is the label-selector widget, for Namespaces.
+	xNamespaceSelector = "urn:alm:descriptor:com.tectonic.ui:selector:core:v1:Namespace"
+	xDependsPrefix     = "urn:alm:descriptor:com.tectonic.ui:fieldDependency:"
+	xStatusText        = "urn:alm:descriptor:text"
+	xConditions        = "urn:alm:descriptor:io.kubernetes.conditions"
 )
 
 // meshControlPlaneSpecFields is the MeshControlPlane form, in the order the console shows it.
@@ -170,6 +172,16 @@ var meshControlPlaneSpecFields = []field{
 	{Path: "security.ca.rotation.intermediateRenewBefore", DisplayName: "Renew the intermediate before expiry by", XDescriptors: []string{xText, xAdvanced}},
 	{Path: "security.ca.rotation.requestedAt", DisplayName: "Request a root rotation (time)", XDescriptors: []string{xText, xAdvanced}},
 	{Path: "security.ca.rotation.abortRequestedAt", DisplayName: "Abort the rotation (time)", XDescriptors: []string{xText, xAdvanced}},
+	// The data plane: which namespaces, which sidecar, and how stale ones are replaced.
+	{Path: "injection.namespaceSelector", DisplayName: "Namespaces to mesh", XDescriptors: []string{xNamespaceSelector}},
+	{Path: "injection.rollout.restartStaleWorkloads", DisplayName: "Restart workloads with stale sidecars", SelectFromEnum: true},
+	{Path: "injection.rollout.maxConcurrent", DisplayName: "Workloads restarting at once", XDescriptors: []string{xNumber}},
+	{Path: "injection.rollout.pauseBetween", DisplayName: "Pause between restarts", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "injection.rollout.restartTimeout", DisplayName: "Restart timeout", XDescriptors: []string{xText, xAdvanced}},
+	{Path: "injection.proxy.resources", DisplayName: "Sidecar resources", XDescriptors: []string{xResources}},
+	{Path: "injection.proxy.holdApplicationUntilProxyStarts", DisplayName: "Start applications after the sidecar", XDescriptors: []string{xBooleanSwitch}},
+	{Path: "injection.proxy.logLevel", DisplayName: "Sidecar log level", XDescriptors: []string{xAdvanced}, SelectFromEnum: true},
+	{Path: "injection.proxy.nativeSidecars", DisplayName: "Native sidecars", XDescriptors: []string{xBooleanSwitch, xAdvanced}},
 	{Path: "uninstall.removeCRDs", DisplayName: "Remove Istio CRDs on uninstall", XDescriptors: []string{xBooleanSwitch, xAdvanced}},
 	// Free-form Helm values do not fit a form: hidden there, edited in the YAML view.
 	{Path: "values", DisplayName: "Helm values", XDescriptors: []string{xAdvanced, xHidden}},
@@ -191,5 +203,7 @@ var meshControlPlaneStatusFields = []field{
 	{Path: "injection.injectedPods", DisplayName: "Pods with a sidecar", XDescriptors: []string{xStatusText}},
 	{Path: "injection.uninjectedPods", DisplayName: "Pods missing a sidecar", XDescriptors: []string{xStatusText}},
 	{Path: "injection.stalePods", DisplayName: "Pods with a stale sidecar", XDescriptors: []string{xStatusText}},
+	{Path: "injection.restartsInProgress", DisplayName: "Workload restarts in progress", XDescriptors: []string{xStatusText}},
+	{Path: "revisions", DisplayName: "Control plane revisions", XDescriptors: []string{xStatusText}},
 	{Path: "observedGeneration", DisplayName: "Observed generation", XDescriptors: []string{xHidden}},
 }

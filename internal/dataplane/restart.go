@@ -99,6 +99,9 @@ type Inputs struct {
 	Policy    Policy
 	Workloads []Workload
 	Now       time.Time
+	// Hold, when set, says why no restart may start now (the control plane is not ready to
+	// inject the new sidecars): restarts in progress go on, the rest are queued.
+	Hold string
 }
 
 // ActionKind says which single write a decision asks for.
@@ -292,6 +295,8 @@ func Decide(in Inputs) Decision {
 	for _, i := range candidates {
 		it := &d.Items[i]
 		switch {
+		case in.Hold != "":
+			it.Message += "; queued: " + in.Hold
 		case d.InProgress >= p.MaxConcurrent:
 			it.Message += fmt.Sprintf("; queued behind %d restarts in progress (maxConcurrent %d)", d.InProgress, p.MaxConcurrent)
 		case now.Before(pauseEnd):

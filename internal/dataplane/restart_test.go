@@ -3,6 +3,7 @@ package dataplane
 import (
 	"fmt"
 	"maps"
+	"strings"
 	"testing"
 	"time"
 )
@@ -419,6 +420,24 @@ func TestCrashBetweenEveryTwoWrites(t *testing.T) {
 				t.Errorf("outcome\n%v\nwithout a crash\n%v", got, want)
 			}
 		})
+	}
+}
+
+// TestDecideHolds: while the control plane cannot inject current sidecars, no restart
+// starts; a restart in progress still counts.
+func TestDecideHolds(t *testing.T) {
+	in := Inputs{Policy: Policy{Restart: RestartAlways, MaxConcurrent: 2}, Now: t0, Hold: "the control plane is not Ready",
+		Workloads: []Workload{{StaleWorkload: stale("a", VersionChanged), Annotations: restarted(t0.Add(-time.Minute), target), GenerationObserved: true}, {StaleWorkload: stale("b", VersionChanged)}}}
+	d := Decide(in)
+	if d.Action.Kind != ActionNone || d.InProgress != 1 {
+		t.Fatalf("held: action %+v, %d in progress", d.Action, d.InProgress)
+	}
+	if it := d.Items[1]; it.Status != StatusQueued || !strings.Contains(it.Message, in.Hold) {
+		t.Errorf("held workload: %+v", it)
+	}
+	in.Hold = ""
+	if d := Decide(in); d.Action.Kind != ActionRestart || d.Action.Workload.Name != "b" {
+		t.Errorf("released: action %+v", d.Action)
 	}
 }
 

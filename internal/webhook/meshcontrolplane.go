@@ -9,7 +9,11 @@ import (
 	"errors"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -42,7 +46,7 @@ func SetupWithManager(mgr ctrl.Manager, v Validator) error {
 // ValidateCreate refuses a version this Capstan cannot install, and the operator's own
 // namespace for the control plane.
 func (v Validator) ValidateCreate(_ context.Context, m *meshv1.MeshControlPlane) (admission.Warnings, error) {
-	return nil, invalid(m, checkVersion(m.Spec.Version, ""), v.checkNamespace(m))
+	return nil, invalid(m, checkVersion(m.Spec.Version, ""), v.checkNamespace(m), checkSelector(m))
 }
 
 // ValidateUpdate also refuses a version change that skips a minor release or goes back
@@ -56,6 +60,9 @@ func (v Validator) ValidateUpdate(_ context.Context, old, m *meshv1.MeshControlP
 	}
 	if values.Namespace(&old.Spec) != values.Namespace(&m.Spec) {
 		errs = append(errs, v.checkNamespace(m)) // the CRD refuses the change already
+	}
+	if !equality.Semantic.DeepEqual(selectorOf(old), selectorOf(m)) {
+		errs = append(errs, checkSelector(m))
 	}
 	return nil, invalid(m, errs...)
 }
@@ -116,6 +123,44 @@ func (v Validator) checkNamespace(m *meshv1.MeshControlPlane) *field.Error {
 			return field.Forbidden(namespacePath, fe.Detail)
 		}
 		return field.Forbidden(namespacePath, err.Error())
+	}
+	return nil
+}
+
+var selectorPath = field.NewPath("spec", "injection", "namespaceSelector")
+
+func selectorOf(m *meshv1.MeshControlPlane) *metav1.LabelSelector {
+	if m.Spec.Injection == nil {
+		return nil
+	}
+	return m.Spec.Injection.NamespaceSelector
+}
+
+// checkSelector refuses a namespace selector that certainly selects the control plane's
+// namespace, whatever labels that namespace carries: one whose every requirement holds
+// for a namespace labelled with its name alone, and none of which an extra label could
+// break (no NotIn, no DoesNotExist). The empty selector, which selects every namespace, is
+// one. A selector that selects it only through labels the namespace happens to carry
+// cannot be told here; the controller leaves that namespace unlabelled and says so in the
+// InjectionConfigured condition.
+func checkSelector(m *meshv1.MeshControlPlane) *field.Error {
+	sel := selectorOf(m)
+	if sel == nil {
+		return nil
+	}
+	ls, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return field.Invalid(selectorPath, sel.String(), err.Error())
+	}
+	for _, e := range sel.MatchExpressions {
+		if e.Operator == metav1.LabelSelectorOpNotIn || e.Operator == metav1.LabelSelectorOpDoesNotExist {
+			return nil
+		}
+	}
+	ns := values.Namespace(&m.Spec)
+	if ls.Matches(labels.Set{corev1.LabelMetadataName: ns}) {
+		return field.Forbidden(selectorPath, fmt.Sprintf("it selects the control plane's namespace %s (an empty selector selects every namespace); "+
+			"Capstan never labels that namespace for injection: select the application namespaces by a label of theirs", ns))
 	}
 	return nil
 }

@@ -92,3 +92,45 @@ func TestOperatorNamespace(t *testing.T) {
 		})
 	}
 }
+
+// TestSelectorOfTheControlPlaneNamespace: a namespace selector that selects the control
+// plane's namespace whatever its labels is refused naming the field; one that might not is
+// left to the controller; an unchanged stored selector is not refused again.
+func TestSelectorOfTheControlPlaneNamespace(t *testing.T) {
+	with := func(sel *metav1.LabelSelector) *meshv1.MeshControlPlane {
+		return &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName},
+			Spec: meshv1.MeshControlPlaneSpec{Namespace: "mesh", Injection: &meshv1.InjectionSpec{NamespaceSelector: sel}}}
+	}
+	byName := func(op metav1.LabelSelectorOperator, names ...string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "kubernetes.io/metadata.name", Operator: op, Values: names}}}
+	}
+	tests := map[string]struct {
+		sel     *metav1.LabelSelector
+		refused bool
+	}{
+		"no selector":                        {sel: nil},
+		"empty: every namespace":             {sel: &metav1.LabelSelector{}, refused: true},
+		"by the control plane's name":        {sel: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "mesh"}}, refused: true},
+		"names including it":                 {sel: byName(metav1.LabelSelectorOpIn, "shop", "mesh"), refused: true},
+		"the name label exists":              {sel: byName(metav1.LabelSelectorOpExists), refused: true},
+		"names excluding it":                 {sel: byName(metav1.LabelSelectorOpNotIn, "mesh")},
+		"a label of the application's":       {sel: &metav1.LabelSelector{MatchLabels: map[string]string{"mesh": "on"}}},
+		"other names":                        {sel: byName(metav1.LabelSelectorOpIn, "shop")},
+		"a label must be absent: may not be": {sel: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: metav1.LabelSelectorOpDoesNotExist}}}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := Validator{}.ValidateCreate(context.Background(), with(tc.sel))
+			if got := err != nil; got != tc.refused {
+				t.Fatalf("refused %t (%v), want %t", got, err, tc.refused)
+			}
+			if tc.refused && !strings.Contains(err.Error(), "spec.injection.namespaceSelector: Forbidden") {
+				t.Errorf("message %q does not name the field", err.Error())
+			}
+		})
+	}
+	stored := with(&metav1.LabelSelector{})
+	if _, err := (Validator{}).ValidateUpdate(context.Background(), stored, stored.DeepCopy()); err != nil {
+		t.Errorf("an unchanged stored selector refused: %v", err)
+	}
+}

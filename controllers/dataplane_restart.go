@@ -1,0 +1,453 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
+	"github.com/capstan-mesh/capstan/internal/dataplane"
+)
+
+// RBAC of the restarts: Capstan reads every workload and PodDisruptionBudget, and patches
+// a workload's annotations (and its pod template's) to restart it.
+//
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch
+
+// RestartFieldManager is the field manager of Capstan's restart patches.
+const RestartFieldManager = "capstan-restart"
+
+// refusalRetry is how long a workload whose restart the API server refused is left alone
+// before the restart is tried again.
+const refusalRetry = 5 * time.Minute
+
+// restartCacheObjects are the kinds the restarts read from their own cache: every
+// Deployment, StatefulSet, DaemonSet and PodDisruptionBudget of the cluster. They have a
+// cache of their own because the install's cache holds only Capstan's own objects of the
+// same kinds (see CacheByObject), and a cache has one configuration per kind.
+func restartCacheObjects() map[client.Object]cache.ByObject {
+	workload := cache.ByObject{Label: labels.Everything(), Transform: restartWorkload}
+	return map[client.Object]cache.ByObject{
+		&appsv1.Deployment{}:            workload,
+		&appsv1.StatefulSet{}:           workload,
+		&appsv1.DaemonSet{}:             workload,
+		&policyv1.PodDisruptionBudget{}: {Label: labels.Everything(), Transform: cache.TransformStripManagedFields()},
+	}
+}
+
+// restartWorkload is the restart cache's transform of a workload: what tells whether its
+// rollout is complete (generation, replicas, update strategy, status), its pod template's
+// labels (which PodDisruptionBudgets select), and of its annotations only Capstan's own.
+// The rest of the spec, which dominates a workload's size, is dropped.
+func restartWorkload(obj any) (any, error) {
+	switch w := obj.(type) {
+	case *appsv1.Deployment:
+		return &appsv1.Deployment{TypeMeta: w.TypeMeta, ObjectMeta: restartMeta(w.ObjectMeta), Status: w.Status,
+			Spec: appsv1.DeploymentSpec{Replicas: w.Spec.Replicas, Template: templateLabels(w.Spec.Template)}}, nil
+	case *appsv1.StatefulSet:
+		return &appsv1.StatefulSet{TypeMeta: w.TypeMeta, ObjectMeta: restartMeta(w.ObjectMeta), Status: w.Status,
+			Spec: appsv1.StatefulSetSpec{Replicas: w.Spec.Replicas, UpdateStrategy: w.Spec.UpdateStrategy, Template: templateLabels(w.Spec.Template)}}, nil
+	case *appsv1.DaemonSet:
+		return &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: restartMeta(w.ObjectMeta), Status: w.Status,
+			Spec: appsv1.DaemonSetSpec{UpdateStrategy: w.Spec.UpdateStrategy, Template: templateLabels(w.Spec.Template)}}, nil
+	}
+	return obj, nil
+}
+
+func restartMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		Generation: m.Generation, DeletionTimestamp: m.DeletionTimestamp}
+	for _, k := range [...]string{dataplane.RestartAnnotation, dataplane.RestartedAtAnnotation, dataplane.RestartedForAnnotation} {
+		if v, ok := m.Annotations[k]; ok {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
+	return out
+}
+
+func templateLabels(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: t.Labels}}
+}
+
+// workloadState is what the restarts read of one workload.
+type workloadState struct {
+	ref         dataplane.WorkloadRef
+	annotations map[string]string
+	// observed: its controller has seen its current generation; complete: every replica
+	// runs the current template and is available, and no old one is left (what `kubectl
+	// rollout status` waits for).
+	observed, complete bool
+	// onDelete: a template change restarts nothing (updateStrategy OnDelete).
+	onDelete  bool
+	podLabels map[string]string
+}
+
+// stateOf reads a workload of the restart cache; false for any other object.
+func stateOf(obj client.Object) (workloadState, bool) {
+	s := workloadState{annotations: obj.GetAnnotations()}
+	switch w := obj.(type) {
+	case *appsv1.Deployment:
+		want, st := ptr.Deref(w.Spec.Replicas, 1), w.Status
+		s.ref.Kind, s.podLabels = "Deployment", w.Spec.Template.Labels
+		s.observed = st.ObservedGeneration >= w.Generation
+		s.complete = st.UpdatedReplicas == want && st.Replicas == want && st.AvailableReplicas == want
+	case *appsv1.StatefulSet:
+		want, st := ptr.Deref(w.Spec.Replicas, 1), w.Status
+		s.ref.Kind, s.podLabels = "StatefulSet", w.Spec.Template.Labels
+		s.observed = st.ObservedGeneration >= w.Generation
+		s.onDelete = w.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType
+		partition := int32(0)
+		if ru := w.Spec.UpdateStrategy.RollingUpdate; ru != nil {
+			partition = ptr.Deref(ru.Partition, 0)
+		}
+		s.complete = st.UpdatedReplicas >= want-partition && st.ReadyReplicas == want && st.AvailableReplicas == want &&
+			(partition > 0 || st.CurrentRevision == st.UpdateRevision)
+	case *appsv1.DaemonSet:
+		st := w.Status
+		s.ref.Kind, s.podLabels = "DaemonSet", w.Spec.Template.Labels
+		s.observed = st.ObservedGeneration >= w.Generation
+		s.onDelete = w.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType
+		s.complete = st.UpdatedNumberScheduled == st.DesiredNumberScheduled && st.NumberAvailable == st.DesiredNumberScheduled
+	default:
+		return s, false
+	}
+	s.ref.Namespace, s.ref.Name = obj.GetNamespace(), obj.GetName()
+	return s, true
+}
+
+// newWorkload is an empty object of a restartable kind, to read or patch.
+func newWorkload(ref dataplane.WorkloadRef) client.Object {
+	var obj client.Object
+	switch ref.Kind {
+	case "Deployment":
+		obj = &appsv1.Deployment{}
+	case "StatefulSet":
+		obj = &appsv1.StatefulSet{}
+	case "DaemonSet":
+		obj = &appsv1.DaemonSet{}
+	default:
+		return nil
+	}
+	obj.SetNamespace(ref.Namespace)
+	obj.SetName(ref.Name)
+	return obj
+}
+
+// restartMemory is what the restarts remember between reconciles. None of it is needed
+// for safety after a crash (the restart state is on each workload); it spares the API
+// server and keeps pauseBetween.
+type restartMemory struct {
+	// tracked are the workloads carrying a restart annotation, fed by the restart cache's
+	// events: when their restart was, whether their rollout is complete, and since when
+	// (as this process saw it).
+	tracked map[dataplane.WorkloadRef]*trackedRestart
+	// written holds the restarts this process wrote that the cache has not shown yet.
+	written map[dataplane.WorkloadRef]time.Time
+	// refused holds, per workload, a refused restart's target, message and retry time.
+	refused map[dataplane.WorkloadRef]refusal
+	// timeoutsReported are the restarts (by their time) whose timeout was told in an Event.
+	timeoutsReported map[dataplane.WorkloadRef]time.Time
+}
+
+type trackedRestart struct {
+	at          time.Time
+	complete    bool
+	completedAt time.Time
+}
+
+type refusal struct {
+	target, message string
+	until           time.Time
+}
+
+func newRestartMemory() restartMemory {
+	return restartMemory{
+		tracked: map[dataplane.WorkloadRef]*trackedRestart{}, written: map[dataplane.WorkloadRef]time.Time{},
+		refused: map[dataplane.WorkloadRef]refusal{}, timeoutsReported: map[dataplane.WorkloadRef]time.Time{},
+	}
+}
+
+// track records a workload event of the restart cache (obj nil: deleted), and says whether
+// the restart plan should look again: a restart began or its rollout completed.
+func (m *restartMemory) track(ref dataplane.WorkloadRef, obj client.Object, now time.Time) bool {
+	if obj == nil {
+		delete(m.tracked, ref)
+		delete(m.written, ref)
+		return false
+	}
+	st, ok := stateOf(obj)
+	if !ok {
+		return false
+	}
+	rs, err := dataplane.RestartStateOf(st.annotations)
+	if err != nil || rs.At.IsZero() {
+		delete(m.tracked, ref)
+		return false
+	}
+	if w, ok := m.written[ref]; ok && !rs.At.Before(w) {
+		delete(m.written, ref) // the cache has caught up with the write
+	}
+	t := m.tracked[ref]
+	if t == nil || !t.at.Equal(rs.At) {
+		t = &trackedRestart{at: rs.At}
+		m.tracked[ref] = t
+	}
+	complete := st.observed && st.complete
+	changed := complete != t.complete
+	t.complete = complete
+	if complete && t.completedAt.Before(t.at) {
+		t.completedAt = now
+	}
+	return changed
+}
+
+// restartInputs gathers Decide's inputs: every workload with stale pods, and every
+// tracked restart that is still rolling, or recent enough to matter for the timeout and
+// pauseBetween. The caller holds r.mu.
+func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Policy, stale []dataplane.StaleWorkload, now time.Time) ([]dataplane.Workload, error) {
+	relevant := p.Timeout + p.PauseBetween
+	byRef := make(map[dataplane.WorkloadRef]dataplane.StaleWorkload, len(stale))
+	for _, w := range stale {
+		byRef[w.WorkloadRef] = w
+	}
+	for ref, t := range r.restarts.tracked {
+		if _, ok := byRef[ref]; !ok && (!t.complete || now.Sub(t.at) < relevant || now.Sub(t.completedAt) < p.PauseBetween) {
+			byRef[ref] = dataplane.StaleWorkload{WorkloadRef: ref}
+		}
+	}
+	for ref := range r.restarts.written {
+		if _, ok := byRef[ref]; !ok {
+			byRef[ref] = dataplane.StaleWorkload{WorkloadRef: ref}
+		}
+	}
+	out := make([]dataplane.Workload, 0, len(byRef))
+	for ref, sw := range byRef {
+		w := dataplane.Workload{StaleWorkload: sw}
+		if t := r.restarts.tracked[ref]; t != nil {
+			w.CompletedAt = t.completedAt
+		}
+		if rf, ok := r.restarts.refused[ref]; ok && rf.target == sw.Target && now.Before(rf.until) {
+			w.CannotRestart = fmt.Sprintf("the API server refused its restart (%s); tried again at %s", rf.message, rf.until.UTC().Format(time.RFC3339))
+		}
+		obj := newWorkload(ref)
+		if obj == nil {
+			out = append(out, w) // reported as not restartable by Decide
+			continue
+		}
+		if err := r.workloads.Get(ctx, client.ObjectKeyFromObject(obj), obj); apierrors.IsNotFound(err) {
+			if sw.Pods > 0 && w.CannotRestart == "" {
+				w.CannotRestart = "its " + ref.Kind + " is not found; its pods are left as they are"
+				out = append(out, w)
+			}
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", ref, err)
+		}
+		st, _ := stateOf(obj)
+		w.Annotations, w.GenerationObserved, w.RolloutComplete = st.annotations, st.observed, st.complete
+		if at, ok := r.restarts.written[ref]; ok {
+			// The cache has not shown this process's own restart yet: take what was written.
+			w.Annotations = maps.Clone(w.Annotations)
+			if w.Annotations == nil {
+				w.Annotations = map[string]string{}
+			}
+			w.Annotations[dataplane.RestartedAtAnnotation] = at.UTC().Format(time.RFC3339)
+			w.Annotations[dataplane.RestartedForAnnotation] = sw.Target
+			w.GenerationObserved, w.RolloutComplete = false, false
+		}
+		if st.onDelete && w.CannotRestart == "" {
+			w.CannotRestart = "its updateStrategy is OnDelete, so a restart replaces no pod; delete its pods to give them a current sidecar"
+		}
+		if sw.Pods > 0 && w.CannotRestart == "" {
+			blocked, err := r.disruptionBlocked(ctx, ref.Namespace, st.podLabels)
+			if err != nil {
+				return nil, err
+			}
+			w.DisruptionBlocked = blocked
+		}
+		out = append(out, w)
+	}
+	return out, nil
+}
+
+// disruptionBlocked says whether a PodDisruptionBudget selecting pods with podLabels
+// allows no disruption now.
+func (r *DataPlaneReconciler) disruptionBlocked(ctx context.Context, namespace string, podLabels map[string]string) (bool, error) {
+	pdbs := &policyv1.PodDisruptionBudgetList{}
+	if err := r.workloads.List(ctx, pdbs, client.InNamespace(namespace)); err != nil {
+		return false, fmt.Errorf("listing PodDisruptionBudgets in %s: %w", namespace, err)
+	}
+	for _, pdb := range pdbs.Items {
+		sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+		if err != nil || pdb.Spec.Selector == nil {
+			continue // selects nothing, for the disruption controller too
+		}
+		if sel.Matches(labels.Set(podLabels)) && pdb.Status.DisruptionsAllowed == 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// policyOf is spec.injection.rollout as the restart plan reads it.
+func policyOf(spec *meshv1.MeshControlPlaneSpec) dataplane.Policy {
+	var p dataplane.Policy
+	if spec.Injection == nil || spec.Injection.Rollout == nil {
+		return p
+	}
+	ro := spec.Injection.Rollout
+	p.Restart = dataplane.RestartPolicy(ro.RestartStaleWorkloads)
+	p.MaxConcurrent = int(ro.MaxConcurrent)
+	if ro.PauseBetween != nil {
+		p.PauseBetween = ro.PauseBetween.Duration
+	}
+	if ro.RestartTimeout != nil {
+		p.Timeout = ro.RestartTimeout.Duration
+	}
+	if p.Timeout <= 0 {
+		p.Timeout = dataplane.DefaultRestartTimeout
+	}
+	return p
+}
+
+// restartHold says why no restart may start now, or "": only once the control plane
+// serves the generation that made the sidecars stale do restarted pods get current ones.
+func restartHold(mcp *meshv1.MeshControlPlane) string {
+	ready := meta.FindStatusCondition(mcp.Status.Conditions, meshv1.ConditionReady)
+	switch {
+	case ready == nil || ready.Status != metav1.ConditionTrue:
+		return "waiting for the control plane to be Ready"
+	case mcp.Status.ObservedGeneration != mcp.Generation:
+		return fmt.Sprintf("waiting for the control plane to apply generation %d", mcp.Generation)
+	}
+	return ""
+}
+
+// runRestarts runs the restart plan: Decide, make its one write, and again, until it has
+// nothing more to write now. It returns the last decision, for status, and tells each
+// batch of restarts, and each timeout, in an Event.
+func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope) (dataplane.Decision, error) {
+	p := policyOf(&s.mcp.Spec)
+	hold := restartHold(s.mcp)
+	if p.Restart != "" && p.Restart != dataplane.RestartNever {
+		s.hold = hold
+	}
+	var (
+		d       dataplane.Decision
+		batch   []string
+		refused []string
+	)
+	for range 100 { // bounded: each round writes one restart, at most maxConcurrent
+		r.mu.Lock()
+		ws, err := r.restartInputs(ctx, p, s.stale, s.now)
+		r.mu.Unlock()
+		if err != nil {
+			return d, err
+		}
+		d = dataplane.Decide(dataplane.Inputs{Policy: p, Workloads: ws, Now: s.now, Hold: hold})
+		r.mu.Lock()
+		for _, ref := range d.Completed {
+			if t := r.restarts.tracked[ref]; t != nil && t.completedAt.Before(t.at) {
+				t.completedAt = s.now
+			}
+		}
+		r.mu.Unlock()
+		if d.Action.Kind != dataplane.ActionRestart {
+			break
+		}
+		if err := r.restart(ctx, d.Action); err != nil {
+			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+				// The cache is behind the workload, or it just went: decide again later.
+				break
+			}
+			r.mu.Lock()
+			r.restarts.refused[d.Action.Workload] = refusal{target: d.Action.For, message: err.Error(), until: s.now.Add(refusalRetry)}
+			r.mu.Unlock()
+			refused = append(refused, d.Action.Workload.String()+": "+err.Error())
+			continue
+		}
+		batch = append(batch, d.Action.Workload.String())
+	}
+	if len(batch) > 0 {
+		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, meshv1.ReasonRestartingWorkloads, "Restart",
+			"restarting %d workloads with stale sidecars (restartStaleWorkloads %s): %s", len(batch), p.Restart, summarizeNames(batch))
+	}
+	if len(refused) > 0 {
+		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeWarning, meshv1.ReasonRestartRefused, "Restart",
+			"the API server refused %d restarts: %s", len(refused), summarizeNames(refused))
+	}
+	r.reportTimeouts(s.mcp, d.Items)
+	return d, nil
+}
+
+// restart makes the one write of a restart: the restart state on the workload's metadata
+// and the restart annotation on its pod template, in one merge patch, conditional on the
+// resourceVersion the cache showed, so a restart decided from a stale view fails instead
+// of repeating one.
+func (r *DataPlaneReconciler) restart(ctx context.Context, a dataplane.Action) error {
+	obj := newWorkload(a.Workload)
+	if err := r.workloads.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		return err
+	}
+	meta, template := a.Annotations()
+	body, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": obj.GetResourceVersion(), "annotations": meta},
+		"spec":     map[string]any{"template": map[string]any{"metadata": map[string]any{"annotations": template}}},
+	})
+	if err != nil {
+		return err
+	}
+	target := newWorkload(a.Workload)
+	if err := r.Patch(ctx, target, client.RawPatch(types.MergePatchType, body), client.FieldOwner(RestartFieldManager)); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.restarts.written[a.Workload] = a.At
+	r.restarts.tracked[a.Workload] = &trackedRestart{at: a.At}
+	r.mu.Unlock()
+	return nil
+}
+
+// reportTimeouts tells each restart that timed out in a Warning Event, once.
+func (r *DataPlaneReconciler) reportTimeouts(mcp *meshv1.MeshControlPlane, items []dataplane.Item) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, it := range items {
+		if it.Status != dataplane.StatusTimedOut {
+			continue
+		}
+		t := r.restarts.tracked[it.WorkloadRef]
+		if t == nil || r.restarts.timeoutsReported[it.WorkloadRef].Equal(t.at) {
+			continue
+		}
+		r.restarts.timeoutsReported[it.WorkloadRef] = t.at
+		r.Recorder.Eventf(mcp, nil, corev1.EventTypeWarning, string(dataplane.StatusTimedOut), "Restart", "%s", it.Message)
+	}
+}
+
+// summarizeNames lists up to five names and counts the rest.
+func summarizeNames(names []string) string {
+	if len(names) <= 5 {
+		return strings.Join(names, ", ")
+	}
+	return strings.Join(names[:5], ", ") + fmt.Sprintf(" and %d more", len(names)-5)
+}
