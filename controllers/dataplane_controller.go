@@ -92,6 +92,14 @@ type DataPlaneReconciler struct {
 	revision, cpNamespace string
 	// restarts is what the restart plan remembers; mu guards it.
 	restarts restartMemory
+	// namespacesChanged is set by every namespace event that can change what the labelling
+	// pass does, and labelledFor is what the last complete pass was planned from: the pass
+	// lists the namespaces only when one of them changed, not on every pod event. mu
+	// guards both.
+	namespacesChanged bool
+	labelledFor       string
+	// restartsInProgress is the restart plan's last count, for the gauge; mu guards it.
+	restartsInProgress int
 	// lastWrite is when the status was last written. Only the reconcile touches it, and a
 	// controller runs one reconcile at a time.
 	lastWrite time.Time
@@ -233,6 +241,9 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			return ctrl.Result{}, err
 		}
 		s.decision = &d
+		r.mu.Lock()
+		r.restartsInProgress = d.InProgress
+		r.mu.Unlock()
 		if !d.Wake.IsZero() {
 			result.RequeueAfter = max(d.Wake.Sub(r.Clock.Now()), time.Second)
 		}
@@ -337,6 +348,7 @@ func (r *DataPlaneReconciler) namespaceEvents() handler.Funcs {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.counts.SetNamespace(o.GetName(), o.GetLabels())
+		r.namespacesChanged = true
 	}
 	return handler.Funcs{
 		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -344,7 +356,9 @@ func (r *DataPlaneReconciler) namespaceEvents() handler.Funcs {
 			enqueueSingleton(q)
 		},
 		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			if maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) {
+			marker := func(o client.Object) string { return o.GetAnnotations()[InjectionLabelledAnnotation] }
+			if maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) && marker(e.ObjectOld) == marker(e.ObjectNew) &&
+				e.ObjectOld.GetDeletionTimestamp().IsZero() == e.ObjectNew.GetDeletionTimestamp().IsZero() {
 				return
 			}
 			set(e.ObjectNew)
@@ -353,6 +367,7 @@ func (r *DataPlaneReconciler) namespaceEvents() handler.Funcs {
 		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			r.mu.Lock()
 			r.counts.RemoveNamespace(e.Object.GetName())
+			r.namespacesChanged = true
 			r.mu.Unlock()
 			enqueueSingleton(q)
 		},

@@ -80,12 +80,6 @@ var _ = Describe("injection status", Ordered, func() {
 		}
 		Expect(k8sClient.Update(ctx, n)).To(Succeed())
 	}
-	injection := func(g Gomega) meshv1.InjectionStatus {
-		m := &meshv1.MeshControlPlane{}
-		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m)).To(Succeed())
-		g.Expect(m.Status.Injection).NotTo(BeNil(), "status.injection not set")
-		return *m.Status.Injection
-	}
 	counts := func(meshed, injected, uninjected, stale int32) func(Gomega) {
 		return func(g Gomega) {
 			st := injection(g)

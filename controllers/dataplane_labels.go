@@ -102,10 +102,30 @@ func excludedNamespaces(controlPlane, operator string) []string {
 // namespace that needs one, and sets InjectionConfigured. It does nothing while the spec
 // cannot be planned: without the revision and the control-plane namespace, no label is
 // known to be right or wrong.
-func (r *DataPlaneReconciler) reconcileInjectionLabels(ctx context.Context, s *dataPlaneScope) error {
+func (r *DataPlaneReconciler) reconcileInjectionLabels(ctx context.Context, s *dataPlaneScope) (err error) {
 	if s.planErr != nil || s.revision == "" {
 		return nil
 	}
+	// The pass depends on the spec (and whether it is being deleted), what was planned
+	// from it and the namespaces: when none of them changed since the last complete pass,
+	// its outcome, InjectionConfigured included, stands.
+	key := fmt.Sprintf("%s@%d@%t@%s@%s", s.mcp.UID, s.mcp.Generation, s.mcp.DeletionTimestamp.IsZero(), s.revision, s.cpNamespace)
+	r.mu.Lock()
+	skip := !r.namespacesChanged && r.labelledFor == key
+	r.namespacesChanged = false
+	r.mu.Unlock()
+	if skip {
+		return nil
+	}
+	defer func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if err != nil {
+			r.namespacesChanged = true
+		} else {
+			r.labelledFor = key
+		}
+	}()
 	excluded := excludedNamespaces(s.cpNamespace, r.OperatorNamespace)
 	var selector labels.Selector // nil: no namespace is selected (none set, or deleting)
 	var sel *metav1.LabelSelector

@@ -8,13 +8,13 @@ import (
 // every scrape, so they are as current as the informers' last event and cost nothing
 // between scrapes.
 type dataPlaneMetrics struct {
-	r                *DataPlaneReconciler
-	pods, namespaces *prometheus.Desc
+	r                          *DataPlaneReconciler
+	pods, namespaces, restarts *prometheus.Desc
 }
 
 // Metrics are the data plane's gauges, to be registered with the metrics registry:
-// capstan_dataplane_pods by state (injected, uninjected, stale) and
-// capstan_dataplane_meshed_namespaces. Nothing is exported until the controller has read
+// capstan_dataplane_pods by state (injected, uninjected, stale),
+// capstan_dataplane_meshed_namespaces and capstan_dataplane_restarts_in_progress. Nothing is exported until the controller has read
 // the MeshControlPlane, so a replica that does not lead exports no zeros.
 func (r *DataPlaneReconciler) Metrics() prometheus.Collector {
 	r.init()
@@ -25,6 +25,8 @@ func (r *DataPlaneReconciler) Metrics() prometheus.Collector {
 			[]string{"state"}, nil),
 		namespaces: prometheus.NewDesc("capstan_dataplane_meshed_namespaces",
 			"Namespaces whose labels ask for sidecar injection.", nil, nil),
+		restarts: prometheus.NewDesc("capstan_dataplane_restarts_in_progress",
+			"Workloads Capstan restarted whose rollout is not yet complete and available.", nil, nil),
 	}
 }
 
@@ -32,6 +34,7 @@ func (r *DataPlaneReconciler) Metrics() prometheus.Collector {
 func (m *dataPlaneMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.pods
 	ch <- m.namespaces
+	ch <- m.restarts
 }
 
 // Collect implements prometheus.Collector.
@@ -39,6 +42,7 @@ func (m *dataPlaneMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.r.mu.Lock()
 	known := m.r.hasDesired
 	sum := m.r.counts.Summary()
+	restarts := m.r.restartsInProgress
 	m.r.mu.Unlock()
 	if !known {
 		return
@@ -47,4 +51,5 @@ func (m *dataPlaneMetrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.pods, prometheus.GaugeValue, float64(n), state)
 	}
 	ch <- prometheus.MustNewConstMetric(m.namespaces, prometheus.GaugeValue, float64(sum.MeshedNamespaces))
+	ch <- prometheus.MustNewConstMetric(m.restarts, prometheus.GaugeValue, float64(restarts))
 }

@@ -38,6 +38,9 @@ func TestDataPlaneMetrics(t *testing.T) {
 	r.podChanged(nil, pod("current", "1.31.1"))
 	r.podChanged(nil, pod("old", "1.31.0"))
 	r.podChanged(nil, pod("bare", ""))
+	r.mu.Lock()
+	r.restartsInProgress = 2
+	r.mu.Unlock()
 	want := `
 # HELP capstan_dataplane_meshed_namespaces Namespaces whose labels ask for sidecar injection.
 # TYPE capstan_dataplane_meshed_namespaces gauge
@@ -47,6 +50,9 @@ capstan_dataplane_meshed_namespaces 1
 capstan_dataplane_pods{state="injected"} 2
 capstan_dataplane_pods{state="stale"} 1
 capstan_dataplane_pods{state="uninjected"} 1
+# HELP capstan_dataplane_restarts_in_progress Workloads Capstan restarted whose rollout is not yet complete and available.
+# TYPE capstan_dataplane_restarts_in_progress gauge
+capstan_dataplane_restarts_in_progress 2
 `
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want)); err != nil {
 		t.Fatal(err)

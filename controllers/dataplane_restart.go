@@ -277,7 +277,7 @@ func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Pol
 		if st.onDelete && w.CannotRestart == "" {
 			w.CannotRestart = "its updateStrategy is OnDelete, so a restart replaces no pod; delete its pods to give them a current sidecar"
 		}
-		if sw.Pods > 0 && w.CannotRestart == "" {
+		if sw.Pods > 0 && w.CannotRestart == "" && p.Restart != "" && p.Restart != dataplane.RestartNever {
 			blocked, err := r.disruptionBlocked(ctx, ref.Namespace, st.podLabels)
 			if err != nil {
 				return nil, err

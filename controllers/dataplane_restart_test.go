@@ -7,6 +7,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -80,6 +81,10 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 		for i := range pods.Items {
 			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, &pods.Items[i]))).To(Succeed())
 		}
+		for _, o := range []client.Object{&admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: "rs-frozen"}},
+			&admissionregistrationv1.ValidatingAdmissionPolicy{ObjectMeta: metav1.ObjectMeta{Name: "rs-frozen"}}} {
+			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed())
+		}
 		for _, o := range created {
 			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed())
 		}
@@ -102,6 +107,21 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 		Expect(k8sClient.Create(ctx, pdb)).To(Succeed())
 		pdb.Status = policyv1.PodDisruptionBudgetStatus{ObservedGeneration: pdb.Generation, DisruptionsAllowed: 0, CurrentHealthy: 1, DesiredHealthy: 1, ExpectedPods: 1}
 		Expect(k8sClient.Status().Update(ctx, pdb)).To(Succeed())
+		// The apiserver refuses any change to f (the next spec's).
+		f := workload("f", false, old, nil)
+		Expect(k8sClient.Patch(ctx, f, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"frozen":"true"}}}`)))).To(Succeed())
+		freeze := &admissionregistrationv1.ValidatingAdmissionPolicy{ObjectMeta: metav1.ObjectMeta{Name: "rs-frozen"},
+			Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+				FailurePolicy: ptr.To(admissionregistrationv1.Fail),
+				MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+					RuleWithOperations: admissionregistrationv1.RuleWithOperations{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
+						Rule: admissionregistrationv1.Rule{APIGroups: []string{"apps"}, APIVersions: []string{"v1"}, Resources: []string{"deployments"}}}}}},
+				Validations: []admissionregistrationv1.Validation{{Expression: "!has(object.metadata.labels) || !('frozen' in object.metadata.labels)", Message: "frozen Deployments may not change"}},
+			}}
+		Expect(k8sClient.Create(ctx, freeze)).To(Succeed())
+		Expect(k8sClient.Create(ctx, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: "rs-frozen"},
+			Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: "rs-frozen",
+				ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}}})).To(Succeed())
 		labelNamespace(meshNS, revision.InjectionLabel, "enabled")
 
 		// istiod is not available yet: nothing may be restarted onto it.
@@ -133,7 +153,7 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 		Expect(dep.Generation).To(Equal(int64(2)), "a was patched again after its restart completed")
 	})
 
-	It("lets a workload whose PodDisruptionBudget allows no disruption wait", func() {
+	It("lets a workload whose PodDisruptionBudget allows no disruption wait, and goes on past a restart the apiserver refuses", func() {
 		e := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: meshNS, Name: "e"}}
 		pdb := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Namespace: meshNS, Name: "e"}}
 		// b's restart completes, which frees the one restart slot.
@@ -143,11 +163,16 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 
 		Eventually(attention("Deployment", "e")).Should(HaveField("Reason", string(dataplane.StatusWaitingForPDB)))
 		Consistently(func() string { return restartedAt(e) }, 2*time.Second).Should(BeEmpty())
+		// Meanwhile f, next, is refused by the apiserver: reported, and the plan goes on.
+		Eventually(attention("Deployment", "f")).Should(And(HaveField("Reason", string(dataplane.StatusNotRestartable)),
+			HaveField("Message", ContainSubstring("frozen Deployments may not change"))))
+		Eventually(func() []string { return eventMessages(meshv1.ReasonRestartRefused) }).Should(ContainElement(ContainSubstring("Deployment rs-mesh/f")))
 
 		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pdb), pdb)).To(Succeed())
 		pdb.Status.DisruptionsAllowed = 1
 		Expect(k8sClient.Status().Update(ctx, pdb)).To(Succeed())
 		Eventually(func() string { return restartedAt(e) }).ShouldNot(BeEmpty())
+		Expect(restartedAt(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: meshNS, Name: "f"}})).To(BeEmpty())
 	})
 
 	It("reports each installed revision's use beside the install's version and readiness", func() {
@@ -160,7 +185,7 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 			g.Expect(r.Version).To(Equal(current.Version))
 			g.Expect(r.Ready).To(HaveValue(BeTrue()))
 			g.Expect(r.InUse).To(Equal(meshv1.RevisionInUse))
-			g.Expect(r.Pods).To(HaveValue(Equal(int32(3))), "the pods of c, d and e carry the revision's sidecar")
+			g.Expect(r.Pods).To(HaveValue(Equal(int32(4))), "the pods of c, d, e and f carry the revision's sidecar")
 			g.Expect(r.Namespaces).To(HaveValue(Equal(int32(1))))
 		}).Should(Succeed())
 	})
@@ -233,6 +258,7 @@ func labelNamespace(name, key, value string) {
 	Expect(k8sClient.Update(ctx, n)).To(Succeed())
 }
 
+// injection is the MeshControlPlane's status.injection.
 func injection(g Gomega) meshv1.InjectionStatus {
 	m := &meshv1.MeshControlPlane{}
 	g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m)).To(Succeed())
