@@ -214,13 +214,13 @@ func injectedVersion(ctx context.Context, g Gomega) string {
 	return p.Annotations[dataplane.ProxyVersionAnnotation]
 }
 
-// restartEvents are the notes of the RestartingWorkloads events on the MeshControlPlane.
-func restartEvents(ctx context.Context, g Gomega) []string {
+// meshEvents are the notes of the events with this reason on the MeshControlPlane.
+func meshEvents(ctx context.Context, g Gomega, reason string) []string {
 	evs := &eventsv1.EventList{}
 	g.Expect(k8s.List(ctx, evs)).To(Succeed())
 	var notes []string
 	for _, e := range evs.Items {
-		if e.Regarding.Kind == "MeshControlPlane" && e.Reason == "RestartingWorkloads" {
+		if e.Regarding.Kind == "MeshControlPlane" && e.Reason == reason {
 			notes = append(notes, e.Note)
 		}
 	}
@@ -491,7 +491,14 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 		stuckAt, err := time.Parse(time.RFC3339, stuck[0].At)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(rec.beganAfter(stuckAt.Add(dpRestartTimeout))).To(ConsistOf(dpWeb.key(), dpDB.key()), "restarts that began after the stuck one timed out")
-		Eventually(ctx, func(g Gomega) []string { return restartEvents(ctx, g) }).ShouldNot(BeEmpty(), "RestartingWorkloads events on the MeshControlPlane")
+		// Each batch (here one workload) is told in an Event, and so is the timeout.
+		Eventually(ctx, func(g Gomega) {
+			notes := meshEvents(ctx, g, meshv1.ReasonRestartingWorkloads)
+			for _, w := range workloads {
+				g.Expect(notes).To(ContainElement(ContainSubstring(w.key())), "a RestartingWorkloads event names %s", w.key())
+			}
+			g.Expect(meshEvents(ctx, g, string(dataplane.StatusTimedOut))).To(ContainElement(ContainSubstring(dpStuck.key())))
+		}).Should(Succeed())
 
 		// Last, as it is the finest point: the counts are of running sidecars (see
 		// InjectionStatus), and the stuck workload's restarted pod, never scheduled, runs none.
