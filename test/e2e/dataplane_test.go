@@ -82,6 +82,7 @@ var (
 // key is how messages and the recorder name the workload: "Kind namespace/name".
 func (w dpWorkload) key() string { return w.kind + " " + w.ns + "/" + w.name }
 
+// object is the workload as the specs create it: its pods labelled app=<name>.
 func (w dpWorkload) object() client.Object {
 	labels := map[string]string{"app": w.name}
 	tmpl := corev1.PodTemplateSpec{
@@ -179,7 +180,7 @@ func stampOf(m *meshv1.MeshControlPlane) (dataplane.Stamp, string) {
 	return s, p.Revision + "/" + s.Version + "/" + s.ProxyConfig
 }
 
-// sidecarsCurrent is the SidecarsCurrent condition, once it describes the current spec.
+// sidecarsCurrentOf is the SidecarsCurrent condition, which must describe the current spec.
 func sidecarsCurrentOf(g Gomega, m *meshv1.MeshControlPlane) *metav1.Condition {
 	c := meta.FindStatusCondition(m.Status.Conditions, meshv1.ConditionSidecarsCurrent)
 	g.Expect(c).NotTo(BeNil(), "no SidecarsCurrent condition")
@@ -597,11 +598,12 @@ func statefulSetComplete(s *appsv1.StatefulSet) bool {
 func templateRestartsSince(ctx context.Context, w dpWorkload, since time.Time) []string {
 	GinkgoHelper()
 	var templates []corev1.PodTemplateSpec
+	owner := &metav1.ObjectMeta{UID: uidOf(ctx, w)}
 	if w.kind == "StatefulSet" {
 		crs := &appsv1.ControllerRevisionList{}
 		Expect(k8s.List(ctx, crs, client.InNamespace(w.ns))).To(Succeed())
 		for _, cr := range crs.Items {
-			if !metav1.IsControlledBy(&cr, &metav1.ObjectMeta{UID: uidOf(ctx, w)}) {
+			if !metav1.IsControlledBy(&cr, owner) {
 				continue
 			}
 			var data struct {
@@ -615,9 +617,8 @@ func templateRestartsSince(ctx context.Context, w dpWorkload, since time.Time) [
 	} else {
 		rss := &appsv1.ReplicaSetList{}
 		Expect(k8s.List(ctx, rss, client.InNamespace(w.ns))).To(Succeed())
-		uid := uidOf(ctx, w)
 		for _, rs := range rss.Items {
-			if metav1.IsControlledBy(&rs, &metav1.ObjectMeta{UID: uid}) {
+			if metav1.IsControlledBy(&rs, owner) {
 				templates = append(templates, rs.Spec.Template)
 			}
 		}
