@@ -500,12 +500,6 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 			}
 			g.Expect(meshEvents(ctx, g, string(dataplane.StatusTimedOut))).To(ContainElement(ContainSubstring(dpStuck.key())))
 		}).Should(Succeed())
-
-		// Last, as it is the finest point: the counts are of running sidecars (see
-		// InjectionStatus), and the stuck workload's restarted pod, never scheduled, runs none.
-		m = dpMesh(ctx, Default)
-		Expect(injectionOf(Default, m).InjectedPods).To(Equal(int32(5)), "injectedPods: the running sidecars, not the unscheduled pod")
-		Expect(m.Status.Revisions).To(ConsistOf(HaveField("Pods", HaveValue(Equal(int32(5))))), "status.revisions[default].pods: the running sidecars")
 	}, SpecTimeout(4*time.Minute))
 
 	It("resumes the restarts after the operator is killed mid-restart, restarting no workload twice", func(ctx SpecContext) {
@@ -566,6 +560,36 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 		max, why := rec.maxOverlap(dpRestartTimeout)
 		Expect(max).To(Equal(1), "never more than maxConcurrent (1) restarts in progress: %s", why)
 	}, SpecTimeout(4*time.Minute))
+
+	It("counts running sidecars only: a pod injected but never scheduled is not one", func(ctx SpecContext) {
+		// status.injection.injectedPods and status.revisions[].pods are documented as running
+		// pods. A pod of a workload pinned to the cordoned node is injected and stays Pending.
+		pending := dpWorkload{kind: "Deployment", ns: dpAlpha, name: "pending", replicas: 1, stuck: true}
+		Expect(k8s.Create(ctx, pending.object())).To(Succeed())
+		Eventually(ctx, func(g Gomega) {
+			pods := dpPods(ctx, g, pending)
+			g.Expect(pods).To(HaveLen(1))
+			g.Expect(proxyOf(&pods[0])).NotTo(BeNil(), "the pending pod is injected")
+			g.Expect(pods[0].Status.Conditions).To(ContainElement(And(HaveField("Type", corev1.PodScheduled), HaveField("Status", corev1.ConditionFalse))))
+		}).Should(Succeed(), "the pod is injected and left unscheduled")
+		// A running sidecar created after it: once the counts show it, they have seen the
+		// pending pod too (one pod informer, in order).
+		web := &appsv1.Deployment{}
+		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(dpWeb.object()), web)).To(Succeed())
+		patch := client.MergeFrom(web.DeepCopy())
+		web.Spec.Replicas = ptr.To[int32](3)
+		Expect(k8s.Patch(ctx, web, patch)).To(Succeed())
+		Eventually(ctx, func(g Gomega) []corev1.Pod { return dpPods(ctx, g, dpWeb) }).Should(And(HaveLen(3), HaveEach(HaveField("Status.Phase", corev1.PodRunning))))
+
+		running := int32(5) // api 1, web 3, db 1
+		counts := func(g Gomega) []int32 {
+			m := dpMesh(ctx, g)
+			g.Expect(m.Status.Revisions).To(HaveLen(1))
+			return []int32{injectionOf(g, m).InjectedPods, ptr.Deref(m.Status.Revisions[0].Pods, -1)}
+		}
+		Eventually(ctx, counts).WithTimeout(30*time.Second).Should(Equal([]int32{running, running}), "[injectedPods, revisions[default].pods]")
+		Consistently(ctx, counts).WithTimeout(3*time.Second).Should(Equal([]int32{running, running}), "[injectedPods, revisions[default].pods] stay at the running sidecars")
+	}, SpecTimeout(2*time.Minute))
 })
 
 func patchNode(ctx context.Context, change func(*corev1.Node)) {
