@@ -42,7 +42,7 @@ type simNS struct {
 	pods    int
 	// neverReadyOn and crashesOn make its pods never Ready, or crash-loop, on a revision.
 	neverReadyOn, crashesOn string
-	moves               map[string]int // moves to each revision
+	moves                   map[string]int // moves to each revision
 }
 
 func newCluster(t *testing.T, cfg Config, names ...string) *cluster {
