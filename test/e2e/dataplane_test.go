@@ -561,9 +561,10 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 		Expect(max).To(Equal(1), "never more than maxConcurrent (1) restarts in progress: %s", why)
 	}, SpecTimeout(4*time.Minute))
 
-	It("counts running sidecars only: a pod injected but never scheduled is not one", func(ctx SpecContext) {
-		// status.injection.injectedPods and status.revisions[].pods are documented as running
-		// pods. A pod of a workload pinned to the cordoned node is injected and stays Pending.
+	It("counts a pod injected but not yet running, which keeps its revision in use, and no more once it is gone", func(ctx SpecContext) {
+		// status.injection.injectedPods and status.revisions[].pods count every pod until it
+		// terminates: a pending pod carries the sidecar it will run. A pod of a workload
+		// pinned to the cordoned node is injected and stays Pending.
 		pending := dpWorkload{kind: "Deployment", ns: dpAlpha, name: "pending", replicas: 1, stuck: true}
 		Expect(k8s.Create(ctx, pending.object())).To(Succeed())
 		Eventually(ctx, func(g Gomega) {
@@ -581,14 +582,16 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 		Expect(k8s.Patch(ctx, web, patch)).To(Succeed())
 		Eventually(ctx, func(g Gomega) []corev1.Pod { return dpPods(ctx, g, dpWeb) }).Should(And(HaveLen(3), HaveEach(HaveField("Status.Phase", corev1.PodRunning))))
 
-		running := int32(5) // api 1, web 3, db 1
 		counts := func(g Gomega) []int32 {
 			m := dpMesh(ctx, g)
 			g.Expect(m.Status.Revisions).To(HaveLen(1))
 			return []int32{injectionOf(g, m).InjectedPods, ptr.Deref(m.Status.Revisions[0].Pods, -1)}
 		}
-		Eventually(ctx, counts).WithTimeout(30*time.Second).Should(Equal([]int32{running, running}), "[injectedPods, revisions[default].pods]")
-		Consistently(ctx, counts).WithTimeout(3*time.Second).Should(Equal([]int32{running, running}), "[injectedPods, revisions[default].pods] stay at the running sidecars")
+		withPending := int32(6) // api 1, web 3, db 1 running; pending 1
+		Eventually(ctx, counts).WithTimeout(30*time.Second).Should(Equal([]int32{withPending, withPending}), "[injectedPods, revisions[default].pods]")
+		// Gone, it counts no more.
+		Expect(k8s.Delete(ctx, pending.object())).To(Succeed())
+		Eventually(ctx, counts).WithTimeout(30*time.Second).Should(Equal([]int32{withPending - 1, withPending - 1}), "[injectedPods, revisions[default].pods] once the pending pod is gone")
 	}, SpecTimeout(2*time.Minute))
 })
 
