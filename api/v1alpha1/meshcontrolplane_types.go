@@ -349,7 +349,8 @@ type RevisionStatus struct {
 	// False when nothing does; Unknown when that cannot be told.
 	// +optional
 	InUse RevisionUse `json:"inUse,omitempty"`
-	// Pods are the running pods carrying its sidecar.
+	// Pods are the pods carrying its sidecar that have not terminated: running, or pending
+	// and about to run it.
 	// +optional
 	Pods *int32 `json:"pods,omitempty"`
 	// Namespaces are the namespaces whose labels select it for new pods.
@@ -363,12 +364,14 @@ type InjectionStatus struct {
 	// MeshedNamespaces are the namespaces whose labels ask for sidecars (istio-injection=enabled
 	// or istio.io/rev), including those naming a revision that does not exist.
 	MeshedNamespaces int32 `json:"meshedNamespaces"`
-	// InjectedPods are the running pods that carry a sidecar, in any namespace.
+	// InjectedPods are the pods that carry a sidecar, in any namespace. Here and below a pod
+	// counts until it terminates (Succeeded or Failed): a pending pod already carries the
+	// sidecar it will run, and keeps its revision in use.
 	InjectedPods int32 `json:"injectedPods"`
-	// UninjectedPods are the running pods without a sidecar in meshed namespaces, except those
+	// UninjectedPods are the pods without a sidecar in meshed namespaces, except those
 	// that opted out with sidecar.istio.io/inject=false.
 	UninjectedPods int32 `json:"uninjectedPods"`
-	// StalePods are the running pods whose sidecar is not the one their revision injects
+	// StalePods are the pods whose sidecar is not the one their revision injects
 	// now (another revision, Istio version or proxy configuration).
 	StalePods int32 `json:"stalePods"`
 	// RestartsInProgress are the workloads Capstan restarted whose rollout is not yet

@@ -50,7 +50,7 @@ func AttentionList(items []Item, missing []MissingRevision) (list []Attention, m
 	var all []entry
 	for _, m := range missing {
 		all = append(all, entry{Attention: Attention{Kind: "Namespace", Name: m.Namespace, Reason: ReasonRevisionMissing,
-			Message: fmt.Sprintf("namespace %s: its labels select revision or tag %q, which does not exist, so its new pods get no sidecar (%d running pods have none)", m.Namespace, m.Name, m.Pods)}})
+			Message: fmt.Sprintf("namespace %s: its labels select revision or tag %q, which does not exist, so its new pods get no sidecar (%d of its pods have none)", m.Namespace, m.Name, m.Pods)}})
 	}
 	for _, it := range items {
 		rank, ok := attentionRank[string(it.Status)]

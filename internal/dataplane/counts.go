@@ -21,7 +21,7 @@ type Counts struct {
 	namespaces map[string]*nsEntry
 	workloads  map[WorkloadRef]*group
 	sum        Summary
-	// revPods and revNamespaces count, per revision, the running pods carrying its sidecar
+	// revPods and revNamespaces count, per revision, the pods carrying its sidecar
 	// and the namespaces whose labels select it.
 	revPods, revNamespaces map[string]int
 	unreadable             int
@@ -34,12 +34,13 @@ type Summary struct {
 	// MeshedNamespaces are the namespaces whose labels ask for sidecars, including those
 	// naming a revision that does not exist (their pods then stay uninjected).
 	MeshedNamespaces int
-	// InjectedPods are the running pods that carry a sidecar, in any namespace.
+	// InjectedPods are the pods that carry a sidecar, in any namespace. Here and below,
+	// a pod counts until it terminates: pending pods carry the sidecar they will run.
 	InjectedPods int
-	// UninjectedPods are the running pods without a sidecar in meshed namespaces, except
+	// UninjectedPods are the pods without a sidecar in meshed namespaces, except
 	// those that opted out with sidecar.istio.io/inject=false.
 	UninjectedPods int
-	// StalePods are the running pods whose sidecar is stale.
+	// StalePods are the pods whose sidecar is stale.
 	StalePods int
 }
 
@@ -61,7 +62,7 @@ type MissingRevision struct {
 	Namespace string
 	// Name is the revision or tag its labels name.
 	Name string
-	// Pods are its running pods without a sidecar.
+	// Pods are its pods without a sidecar.
 	Pods int
 }
 

@@ -116,7 +116,7 @@ func metaOf(p Pod) podMeta {
 // sidecar says whether the pod carries a sidecar.
 func (m podMeta) sidecar() bool { return m.injected != "" || m.unreadable }
 
-// podState is what one running pod adds to the counts.
+// podState is what one pod that has not terminated adds to the counts.
 type podState struct {
 	counted    bool   // not terminated
 	injectedBy string // the revision whose sidecar it runs, when readable

@@ -144,7 +144,7 @@ type Pod struct {
 
 // Usage is how much one revision is in use.
 type Usage struct {
-	// Pods are the running pods carrying the revision's sidecar.
+	// Pods are the pods carrying the revision's sidecar that have not terminated.
 	Pods int
 	// Namespaces are the namespaces whose labels select the revision for new pods.
 	Namespaces int
@@ -170,7 +170,8 @@ func (u Uses) Unused(rev string) bool {
 	return !u.Unknown && !u.ByRevision[rev].InUse()
 }
 
-// InUse counts, for every revision, the running pods carrying its sidecar, the
+// InUse counts, for every revision, the pods carrying its sidecar that have not
+// terminated (a pending one is about to run it), the
 // namespaces whose labels select it, and the tags pointing at it. Terminated pods keep no
 // revision; pods injected through sidecar.istio.io/inject do. namespaces maps a
 // namespace's name to its labels.

@@ -62,11 +62,18 @@ func owned(ctx context.Context) []string {
 
 var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 	var istiod *harness.Istiod
-	AfterAll(func() {
+	AfterAll(func(ctx SpecContext) {
 		if istiod != nil {
 			_ = istiod.Stop()
 		}
-	})
+		// The injected pods of "shop" would otherwise count in the data plane of every
+		// MeshControlPlane a later Describe creates: leave the cluster without them.
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}
+		Expect(client.IgnoreNotFound(k8s.Delete(ctx, ns))).To(Succeed())
+		Eventually(ctx, func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKeyFromObject(ns), ns))
+		}).Should(BeTrue(), "namespace shop is deleted")
+	}, NodeTimeout(2*time.Minute))
 
 	It("installs from config/samples: istiod runs on the simulated nodes and the resource is Ready", func(ctx SpecContext) {
 		root, err := harness.RepoRoot()

@@ -20,6 +20,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/capstan-mesh/capstan/controllers"
 	"github.com/capstan-mesh/capstan/test/harness"
@@ -37,6 +38,8 @@ func TestE2E(t *testing.T) {
 }
 
 var _ = BeforeSuite(func(ctx context.Context) {
+	// The clients the specs make log through controller-runtime: into the spec's output.
+	ctrllog.SetLogger(GinkgoLogr)
 	var err error
 	cluster, err = harness.StartCluster(ctx, harness.ClusterOptions{})
 	Expect(err).NotTo(HaveOccurred())
