@@ -17,7 +17,10 @@
 # kwokctl's state lives in $KWOK_WORKDIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/capstan/kwok):
 # the kubeconfig is $KWOK_WORKDIR/clusters/NAME/kubeconfig.yaml, the logs (apiserver audit log
 # included: $KWOK_WORKDIR/clusters/NAME/logs/audit.log) under .../logs/. Set CAPSTAN_AUDIT=0
-# to start without the audit log. Nothing touches ~/.kube/config.
+# to start without the audit log, CAPSTAN_DISABLE_QPS_LIMITS=1 to lift the client rate limits of
+# the controller-manager and scheduler and the apiserver's in-flight limits and priority and
+# fairness (kwokctl --disable-qps-limits; the data-plane benchmark's 10,000 pods). Nothing
+# touches ~/.kube/config.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/bin
@@ -27,6 +30,7 @@ export KWOK_WORKDIR=${KWOK_WORKDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan/kwok
 export KWOK_KUBECTL_BINARY=$bin/kubectl
 nodes=${CAPSTAN_NODES:-2}
 audit=${CAPSTAN_AUDIT:-1}
+no_qps_limits=${CAPSTAN_DISABLE_QPS_LIMITS:-0}
 
 cmd=${1:-}
 [ $# -gt 0 ] && shift
@@ -82,6 +86,9 @@ up)
 	)
 	if [ "$audit" != 0 ]; then
 		args+=(--kube-audit-policy "$root/hack/kwok/audit-policy.yaml")
+	fi
+	if [ "$no_qps_limits" = 1 ]; then
+		args+=(--disable-qps-limits)
 	fi
 	"$bin/kwokctl" create cluster "${args[@]}"
 	"$bin/kwokctl" scale node --name "$name" --replicas "$nodes"

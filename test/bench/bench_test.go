@@ -369,7 +369,12 @@ func saveHeapProfile(t *testing.T, addr, dir, name string) {
 // startCluster starts a local cluster, stopped when the test ends, installs Capstan's CRD
 // and RBAC, and returns it with a client.
 func startCluster(ctx context.Context, t *testing.T) (*harness.Cluster, client.Client) {
-	c, err := harness.StartCluster(ctx, harness.ClusterOptions{})
+	return startClusterWith(ctx, t, harness.ClusterOptions{})
+}
+
+// startClusterWith is startCluster with options.
+func startClusterWith(ctx context.Context, t *testing.T, opts harness.ClusterOptions) (*harness.Cluster, client.Client) {
+	c, err := harness.StartCluster(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,11 @@ type ClusterOptions struct {
 	// NoAudit starts the apiserver without its audit log (it is on by default: Metadata level,
 	// one JSON line per request, at Cluster.AuditLogPath).
 	NoAudit bool
+	// DisableQPSLimits lifts the client rate limits of the controller-manager and the
+	// scheduler (20 and 50 requests a second by default: 10,000 pods of Deployments would
+	// take minutes to create) and the apiserver's in-flight limits, priority and fairness
+	// included (kwokctl --disable-qps-limits).
+	DisableQPSLimits bool
 	// Timeout bounds the whole start; default 3 minutes.
 	Timeout time.Duration
 }
@@ -156,10 +161,15 @@ func (c *Cluster) clusterSh(ctx context.Context, root string, opts ClusterOption
 	if opts.NoAudit {
 		audit = "0"
 	}
+	qps := "0"
+	if opts.DisableQPSLimits {
+		qps = "1"
+	}
 	sh.Env = append(os.Environ(),
 		"KWOK_WORKDIR="+c.WorkDir,
 		"CAPSTAN_NODES="+strconv.Itoa(opts.Nodes),
 		"CAPSTAN_AUDIT="+audit,
+		"CAPSTAN_DISABLE_QPS_LIMITS="+qps,
 	)
 	sh.WaitDelay = 5 * time.Second
 	return sh.CombinedOutput()
