@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -15,12 +16,14 @@ import (
 
 	"k8s.io/client-go/discovery"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/controllers"
 	"github.com/capstan-mesh/capstan/internal/metricsauth"
 	"github.com/capstan-mesh/capstan/internal/plan"
@@ -170,12 +173,19 @@ func run() error {
 	if err := mgr.AddReadyzCheck("readyz", ready); err != nil {
 		return err
 	}
-	// Load and render the embedded charts once before any MeshControlPlane arrives: this
-	// proves they render, and the first install does not pay for parsing them. The
-	// operator reports ready only once they have.
+	// Load and render the embedded charts once before the first reconcile: this proves
+	// they render, and the first reconcile does not pay for parsing them. The spec
+	// rendered is the stored MeshControlPlane's when there is one (rendering the defaults
+	// beside it would double the start's allocations), else the defaults. The operator
+	// reports ready only once they have rendered.
 	var warmed atomic.Bool
 	go func() {
-		if err := plan.Warm(sv.GitVersion); err != nil {
+		var spec *meshv1.MeshControlPlaneSpec
+		stored := &meshv1.MeshControlPlane{}
+		if err := mgr.GetAPIReader().Get(context.Background(), client.ObjectKey{Name: meshv1.SingletonName}, stored); err == nil {
+			spec = &stored.Spec
+		}
+		if err := plan.Warm(sv.GitVersion, spec); err != nil {
 			ctrl.Log.WithName("setup").Error(err, "the embedded charts do not render with default values")
 			return
 		}

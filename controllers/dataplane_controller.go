@@ -11,7 +11,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -123,7 +122,7 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("dataplane").
 		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, readinessChanged))).
-		Watches(&corev1.Pod{}, r.podEvents()).
+		WatchesMetadata(metadataOf(podGVK), r.podEvents()).
 		WatchesMetadata(metadataOf(namespaceGVK), r.namespaceEvents()).
 		WatchesRawSource(source.Kind(c, &appsv1.Deployment{}, workloadEvents[*appsv1.Deployment](r))).
 		WatchesRawSource(source.Kind(c, &appsv1.StatefulSet{}, workloadEvents[*appsv1.StatefulSet](r))).
@@ -298,15 +297,11 @@ func (r *DataPlaneReconciler) observe(s *dataPlaneScope) {
 func (r *DataPlaneReconciler) podEvents() handler.Funcs {
 	return handler.Funcs{
 		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			if p, ok := e.Object.(*corev1.Pod); ok {
-				r.podChanged(nil, p)
-				enqueueSingleton(q)
-			}
+			r.podChanged(nil, e.Object)
+			enqueueSingleton(q)
 		},
 		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			old, ok1 := e.ObjectOld.(*corev1.Pod)
-			updated, ok2 := e.ObjectNew.(*corev1.Pod)
-			if ok1 && ok2 && r.podChanged(old, updated) {
+			if r.podChanged(e.ObjectOld, e.ObjectNew) {
 				enqueueSingleton(q)
 			}
 		},
@@ -318,8 +313,8 @@ func (r *DataPlaneReconciler) podEvents() handler.Funcs {
 }
 
 // podChanged records a new pod (old nil) or a pod's change, and says whether anything the
-// counts read changed: status updates of a running pod (readiness, restarts) do not.
-func (r *DataPlaneReconciler) podChanged(old, updated *corev1.Pod) bool {
+// counts read changed.
+func (r *DataPlaneReconciler) podChanged(old, updated metav1.Object) bool {
 	p := podOf(updated)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -378,14 +373,14 @@ func enqueueSingleton(q workqueue.TypedRateLimitingInterface[reconcile.Request])
 	q.Add(singletonRequest)
 }
 
-// podOf is what the counts read of a cached pod (see dataPlanePod).
-func podOf(p *corev1.Pod) dataplane.Pod {
+// podOf is what the counts read of a cached pod (see dataPlanePod). The cache holds no
+// terminated pod (runningPods), so none is Terminated.
+func podOf(p metav1.Object) dataplane.Pod {
 	kind, name := workloadOwner(p)
 	return dataplane.Pod{
-		Namespace: p.Namespace, Name: p.Name,
-		Labels: p.Labels, Annotations: p.Annotations,
+		Namespace: p.GetNamespace(), Name: p.GetName(),
+		Labels: p.GetLabels(), Annotations: p.GetAnnotations(),
 		OwnerKind: kind, OwnerName: name,
-		Terminated: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
 	}
 }
 
@@ -396,13 +391,13 @@ func podOf(p *corev1.Pod) dataplane.Pod {
 // Only when the pod's pod-template-hash label is the last "-" segment of the ReplicaSet's
 // name is the rest taken for the Deployment; any other ReplicaSet (made by hand or by
 // another controller) stays the owner. Empty for a pod no controller owns.
-func workloadOwner(p *corev1.Pod) (kind, name string) {
+func workloadOwner(p metav1.Object) (kind, name string) {
 	ref := metav1.GetControllerOfNoCopy(p)
 	if ref == nil {
 		return "", ""
 	}
 	if ref.Kind == "ReplicaSet" && strings.HasPrefix(ref.APIVersion, "apps/") {
-		if hash := p.Labels[podTemplateHashLabel]; hash != "" {
+		if hash := p.GetLabels()[podTemplateHashLabel]; hash != "" {
 			if dep, ok := strings.CutSuffix(ref.Name, "-"+hash); ok && dep != "" {
 				return "Deployment", dep
 			}

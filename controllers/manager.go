@@ -5,6 +5,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -19,7 +21,9 @@ import (
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/apply"
+	"github.com/capstan-mesh/capstan/internal/dataplane"
 	"github.com/capstan-mesh/capstan/internal/render"
+	"github.com/capstan-mesh/capstan/internal/revision"
 )
 
 // NewScheme returns the types the operator reads and writes as typed objects: its own
@@ -75,10 +79,12 @@ var ownedSelector = labels.SelectorFromSet(labels.Set{apply.ManagedByLabel: appl
 //   - Namespaces: every one, as metadata only: the control-plane namespace may be one the
 //     user made, the CA reads whether a namespace is terminating, and the data plane reads
 //     their labels; a few hundred bytes a namespace keeps large clusters cheap;
-//   - Pods: every one, typed but cut down by dataPlanePod to their metadata (managed
-//     fields stripped) and their phase, which the data plane needs to leave finished pods
-//     out and metadata alone does not carry; the spec and the rest of the status are
-//     dropped, so a pod costs about what its metadata does;
+//   - Pods: every one that has not terminated, as metadata only, cut down by dataPlanePod
+//     to the labels, annotations and owner the data plane reads. The field selector on the
+//     phase keeps terminated pods out (a pod that terminates leaves the watch as a
+//     deletion), so the phase need not be read, and the apiserver sends no pod specs,
+//     which an injected pod makes several KB: decoding them was most of what the operator
+//     spent on a large cluster;
 //   - the MeshControlPlane, which the user creates: all of them (there is one);
 //   - Secrets: Capstan's own, in secretNamespaces only (every namespace when none is
 //     given), the namespaces the operator is granted Secrets in.
@@ -94,7 +100,7 @@ func CacheByObject(secretNamespaces ...string) map[client.Object]cache.ByObject 
 	by := map[client.Object]cache.ByObject{
 		&meshv1.MeshControlPlane{}: {Label: labels.Everything()},
 		&corev1.Secret{}:           secrets,
-		&corev1.Pod{}:              {Label: labels.Everything(), Transform: dataPlanePod},
+		metadataOf(podGVK):         {Label: labels.Everything(), Field: runningPods, Transform: dataPlanePod},
 		metadataOf(namespaceGVK):   everything,
 	}
 	for _, k := range render.Kinds {
@@ -106,16 +112,49 @@ func CacheByObject(secretNamespaces ...string) map[client.Object]cache.ByObject 
 	return by
 }
 
-// dataPlanePod is the cache's transform of a Pod: its metadata without managed fields,
-// and of its status only the phase. Any other object (a tombstone) passes unchanged.
+var podGVK = corev1.SchemeGroupVersion.WithKind("Pod")
+
+// runningPods selects the pods that have not terminated: the data plane counts no other.
+var runningPods = fields.AndSelectors(
+	fields.OneTermNotEqualSelector("status.phase", string(corev1.PodSucceeded)),
+	fields.OneTermNotEqualSelector("status.phase", string(corev1.PodFailed)))
+
+// dataPlanePodLabels and dataPlanePodAnnotations are the only labels and annotations of a
+// pod the data plane reads: which revision its labels ask for, its Deployment's template
+// hash, and what the injector wrote.
+var (
+	dataPlanePodLabels      = []string{revision.RevLabel, revision.InjectLabel, podTemplateHashLabel}
+	dataPlanePodAnnotations = []string{revision.StatusAnnotation, dataplane.ProxyVersionAnnotation, dataplane.ProxyConfigAnnotation}
+)
+
+// dataPlanePod is the cache's transform of a pod's metadata: its identity, the labels and
+// annotations the data plane reads, and its controller reference. Any other object (a
+// tombstone) passes unchanged.
 func dataPlanePod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
+	p, ok := obj.(*metav1.PartialObjectMetadata)
 	if !ok {
 		return obj, nil
 	}
-	m := p.ObjectMeta
-	m.ManagedFields = nil
-	return &corev1.Pod{TypeMeta: p.TypeMeta, ObjectMeta: m, Status: corev1.PodStatus{Phase: p.Status.Phase}}, nil
+	m := metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+		Labels: pick(p.Labels, dataPlanePodLabels), Annotations: pick(p.Annotations, dataPlanePodAnnotations)}
+	if ref := metav1.GetControllerOfNoCopy(p); ref != nil {
+		m.OwnerReferences = []metav1.OwnerReference{*ref}
+	}
+	return &metav1.PartialObjectMetadata{TypeMeta: p.TypeMeta, ObjectMeta: m}, nil
+}
+
+// pick is the entries of m under keys; nil when there is none.
+func pick(m map[string]string, keys []string) map[string]string {
+	var out map[string]string
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			if out == nil {
+				out = make(map[string]string, len(keys))
+			}
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // singletonRequest is the one request every watch of Capstan's controllers maps to: a

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -237,8 +236,8 @@ func TestMovedFrom(t *testing.T) {
 
 // TestCacheDeclaresEveryKind protects the cache's shape: every kind the operator reads
 // through its cache is declared on purpose, Capstan's own kinds filtered by its label and
-// the user objects the data plane must see whole: namespaces as metadata, pods typed but
-// cut down to metadata and phase by a transform.
+// the user objects the data plane must see whole: namespaces as metadata, pods as metadata
+// cut down by a transform, and only those that have not terminated.
 func TestCacheDeclaresEveryKind(t *testing.T) {
 	scheme, err := NewScheme()
 	if err != nil {
@@ -254,8 +253,9 @@ func TestCacheDeclaresEveryKind(t *testing.T) {
 		_, metadataOnly := obj.(*metav1.PartialObjectMetadata)
 		switch gvk.Kind {
 		case "Pod":
-			if _, typed := obj.(*corev1.Pod); !typed || cfg.Transform == nil {
-				t.Errorf("Pod is cached as %T with transform %v, want a typed Pod with a transform that keeps its metadata and phase", obj, cfg.Transform != nil)
+			if !metadataOnly || cfg.Transform == nil || cfg.Field == nil ||
+				cfg.Field.String() != "status.phase!=Succeeded,status.phase!=Failed" {
+				t.Errorf("Pod is cached as %T with transform %v and field selector %v, want metadata only, cut down by a transform, of the pods that have not terminated", obj, cfg.Transform != nil, cfg.Field)
 			}
 		case "Namespace":
 			if !metadataOnly {
@@ -282,28 +282,39 @@ func TestCacheDeclaresEveryKind(t *testing.T) {
 	}
 }
 
-// TestPodCacheKeepsMetadataAndPhase protects the memory of the pod cache and what the data
-// plane reads from it: labels, annotations, owners and the phase stay; managed fields, the
-// spec and the rest of the status go.
-func TestPodCacheKeepsMetadataAndPhase(t *testing.T) {
-	in := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"},
-			Annotations:     map[string]string{"sidecar.istio.io/status": `{"revision":"default"}`},
-			OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "web-5d8f", Controller: ptr.To(true)}},
+// TestPodCacheKeepsWhatTheDataPlaneReads protects the memory of the pod cache and what the
+// data plane reads from it: the identity, the injection labels and annotations and the
+// controller reference stay; every other label and annotation, the other owners and the
+// managed fields go.
+func TestPodCacheKeepsWhatTheDataPlaneReads(t *testing.T) {
+	controller := metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f", Controller: ptr.To(true)}
+	in := &metav1.PartialObjectMetadata{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1", UID: "u1", ResourceVersion: "7",
+			Labels: map[string]string{"app": "web", "istio.io/rev": "canary", "sidecar.istio.io/inject": "true", "pod-template-hash": "5d8f"},
+			Annotations: map[string]string{"sidecar.istio.io/status": `{"revision":"default"}`, "capstan.dev/proxy-version": "1.31.1",
+				"capstan.dev/proxy-config": "abc", "prometheus.io/scrape": "true", "kubectl.kubernetes.io/default-container": "web"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Other", Name: "x"}, controller},
 			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}},
-		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web:1"}}},
-		Status: corev1.PodStatus{Phase: corev1.PodSucceeded, PodIP: "10.0.0.1", Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}},
 	}
 	out, err := dataPlanePod(in.DeepCopy())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := in.DeepCopy()
-	want.ManagedFields = nil
-	want.Spec = corev1.PodSpec{}
-	want.Status = corev1.PodStatus{Phase: corev1.PodSucceeded}
+	want := &metav1.PartialObjectMetadata{TypeMeta: in.TypeMeta, ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1", UID: "u1", ResourceVersion: "7",
+		Labels: map[string]string{"istio.io/rev": "canary", "sidecar.istio.io/inject": "true", "pod-template-hash": "5d8f"},
+		Annotations: map[string]string{"sidecar.istio.io/status": `{"revision":"default"}`, "capstan.dev/proxy-version": "1.31.1",
+			"capstan.dev/proxy-config": "abc"},
+		OwnerReferences: []metav1.OwnerReference{controller}}}
 	if !equality.Semantic.DeepEqual(out, want) {
 		t.Errorf("transformed pod = %+v, want %+v", out, want)
+	}
+	if kind, name := workloadOwner(out.(*metav1.PartialObjectMetadata)); kind != "Deployment" || name != "web" {
+		t.Errorf("owner of the cached pod: %s %s, want Deployment web", kind, name)
+	}
+	bare, _ := dataPlanePod(&metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: "p", Labels: map[string]string{"app": "x"}}})
+	if m := bare.(*metav1.PartialObjectMetadata); m.Labels != nil || m.Annotations != nil || m.OwnerReferences != nil {
+		t.Errorf("a pod with nothing to keep keeps %+v", m.ObjectMeta)
 	}
 	tombstone := "not a pod"
 	if got, _ := dataPlanePod(tombstone); got != tombstone {

@@ -179,11 +179,19 @@ func (p Plan) Render(kubeVersion string) ([]render.Object, error) {
 	return out, nil
 }
 
-// Warm renders the units of an empty spec, which render's memo then holds: the charts are
-// loaded and proved to render before any MeshControlPlane arrives, and a first install
-// with the defaults finds its renders ready. A server version of "" renders as Helm's
-// default.
-func Warm(kubeVersion string) error {
+// Warm renders the units of spec (the stored MeshControlPlane's, or nil when there is
+// none), which render's memo then holds: the charts are loaded and proved to render before
+// the first reconcile, which finds its renders ready. A spec that does not render (the
+// controller reports why) is replaced by the empty spec, so the proof stands. A server
+// version of "" renders as Helm's default.
+func Warm(kubeVersion string, spec *meshv1.MeshControlPlaneSpec) error {
+	if spec != nil {
+		if p, err := For(spec); err == nil {
+			if _, err := p.Render(kubeVersion); err == nil {
+				return nil
+			}
+		}
+	}
 	p, err := For(&meshv1.MeshControlPlaneSpec{})
 	if err != nil {
 		return err

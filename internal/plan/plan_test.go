@@ -140,3 +140,17 @@ func TestInjectorStampsVersionAndProxySettings(t *testing.T) {
 		}
 	})
 }
+
+// TestWarmFallsBackToTheDefaults: a stored spec that cannot be planned does not keep the
+// operator from proving its charts render; one that can is what is warmed.
+func TestWarmFallsBackToTheDefaults(t *testing.T) {
+	if err := Warm("", &meshv1.MeshControlPlaneSpec{Version: "9.9.9"}); err != nil {
+		t.Errorf("a spec that cannot be planned: %v", err)
+	}
+	if err := Warm("", &meshv1.MeshControlPlaneSpec{Version: "1.31.0"}); err != nil {
+		t.Errorf("a stored spec: %v", err)
+	}
+	if err := Warm("", nil); err != nil {
+		t.Errorf("no stored spec: %v", err)
+	}
+}
