@@ -254,6 +254,11 @@ func dpOperatorOptions(pprofAddr string) harness.OperatorOptions {
 	if pprofAddr != "" {
 		opts.Args = append(opts.Args, "--pprof-bind-address="+pprofAddr)
 	}
+	// CAPSTAN_BENCH_OPERATOR_GOGC runs the measured operator with another GOGC, to see what
+	// a lower heap pace costs in CPU (the Deployment sets none).
+	if gogc := os.Getenv("CAPSTAN_BENCH_OPERATOR_GOGC"); gogc != "" {
+		opts.Env = append(opts.Env, "GOGC="+gogc)
+	}
 	return opts
 }
 
