@@ -145,13 +145,7 @@ var _ = Describe("the mesh CA's root rotation with the real istiod", Ordered, fu
 			}
 			g.Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "istiod"}, &appsv1.Deployment{}))).To(BeTrue(), "Deployment istiod")
 		}).Should(Succeed(), "the control plane is gone, for the specs that install it again")
-		if op != nil {
-			Expect(op.Stop()).To(Succeed())
-		}
-		// Give the rest of the suite its operator back, as it started it.
-		var err error
-		operator, err = harness.StartOperator(ctx, cluster, harness.OperatorOptions{LeaderElect: true})
-		Expect(err).NotTo(HaveOccurred())
+		restoreSuiteOperator(ctx, op)
 	}, NodeTimeout(3*time.Minute))
 
 	It("rotates the root through Trusting, Switching, Soaking and Finalizing to Done without one failed handshake", func(ctx SpecContext) {

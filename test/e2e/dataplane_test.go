@@ -337,13 +337,7 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 			g.Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "istiod"}, &appsv1.Deployment{}))).To(BeTrue(), "Deployment istiod")
 		}).Should(Succeed(), "the control plane and the data plane are gone, for the specs that install their own")
 		Expect(client.IgnoreNotFound(k8s.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: dpStuckNode}}))).To(Succeed())
-		if op != nil {
-			Expect(op.Stop()).To(Succeed())
-		}
-		// Give the rest of the suite its operator back, as it started it.
-		var err error
-		operator, err = harness.StartOperator(ctx, cluster, harness.OperatorOptions{LeaderElect: true})
-		Expect(err).NotTo(HaveOccurred())
+		restoreSuiteOperator(ctx, op)
 	}, NodeTimeout(3*time.Minute))
 
 	It("gives the workloads of the namespaces spec.injection.namespaceSelector selects real sidecars, and counts them", func(ctx SpecContext) {

@@ -68,3 +68,15 @@ var _ = AfterSuite(func() {
 		Expect(cluster.Stop()).To(Succeed())
 	}
 })
+
+// restoreSuiteOperator stops op, a Describe's own operator (nil when it started none), and
+// gives the rest of the suite its operator back, as BeforeSuite started it.
+func restoreSuiteOperator(ctx context.Context, op *harness.Operator) {
+	GinkgoHelper()
+	if op != nil {
+		Expect(op.Stop()).To(Succeed())
+	}
+	var err error
+	operator, err = harness.StartOperator(ctx, cluster, harness.OperatorOptions{LeaderElect: true})
+	Expect(err).NotTo(HaveOccurred())
+}
