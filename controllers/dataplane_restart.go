@@ -376,7 +376,11 @@ func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope
 		}
 		if err := r.restart(ctx, d.Action); err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-				// The cache is behind the workload, or it just went: decide again later.
+				// The cache is behind the workload, or it just went: decide again in a
+				// second, whether or not an event about it arrives.
+				if retry := s.now.Add(time.Second); d.Wake.IsZero() || retry.Before(d.Wake) {
+					d.Wake, d.WakeReason = retry, d.Action.Workload.String()+" changed under its restart"
+				}
 				break
 			}
 			r.mu.Lock()
