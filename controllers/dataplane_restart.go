@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -220,10 +219,18 @@ func (m *restartMemory) track(ref dataplane.WorkloadRef, obj client.Object, now 
 	return changed
 }
 
-// restartInputs gathers Decide's inputs: every workload with stale pods, and every
-// tracked restart that is still rolling, or recent enough to matter for the timeout and
-// pauseBetween. The caller holds r.mu.
-func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Policy, stale []dataplane.StaleWorkload, now time.Time) ([]dataplane.Workload, error) {
+// restartCandidate is one workload Decide will see, with what the restart memory says of
+// it: when its restart was seen complete, why it cannot be restarted now (a refusal), and
+// the restart this process wrote that the cache has not shown yet (zero if none).
+type restartCandidate struct {
+	dataplane.Workload
+	writtenAt time.Time
+}
+
+// restartCandidates are every workload with stale pods, and every tracked restart that is
+// still rolling, or recent enough to matter for the timeout and pauseBetween, with what
+// the memory says of each. The caller holds r.mu.
+func (r *DataPlaneReconciler) restartCandidates(p dataplane.Policy, stale []dataplane.StaleWorkload, now time.Time) []restartCandidate {
 	relevant := p.Timeout + p.PauseBetween
 	byRef := make(map[dataplane.WorkloadRef]dataplane.StaleWorkload, len(stale))
 	for _, w := range stale {
@@ -239,73 +246,91 @@ func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Pol
 			byRef[ref] = dataplane.StaleWorkload{WorkloadRef: ref}
 		}
 	}
-	out := make([]dataplane.Workload, 0, len(byRef))
+	out := make([]restartCandidate, 0, len(byRef))
 	for ref, sw := range byRef {
-		w := dataplane.Workload{StaleWorkload: sw}
+		c := restartCandidate{Workload: dataplane.Workload{StaleWorkload: sw}, writtenAt: r.restarts.written[ref]}
 		if t := r.restarts.tracked[ref]; t != nil {
-			w.CompletedAt = t.completedAt
+			c.CompletedAt = t.completedAt
 		}
 		if rf, ok := r.restarts.refused[ref]; ok && rf.target == sw.Target && now.Before(rf.until) {
-			w.CannotRestart = fmt.Sprintf("the API server refused its restart (%s); tried again at %s", rf.message, rf.until.UTC().Format(time.RFC3339))
+			c.CannotRestart = fmt.Sprintf("the API server refused its restart (%s); tried again at %s", rf.message, rf.until.UTC().Format(time.RFC3339))
 		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// restartInputs gathers Decide's inputs: the candidates, each read from the restart cache,
+// and the resourceVersion each was read at, on which its restart is conditional. The
+// cache is read without r.mu held: the informers feeding the counts wait on it.
+func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Policy, stale []dataplane.StaleWorkload, now time.Time) ([]dataplane.Workload, map[dataplane.WorkloadRef]string, error) {
+	r.mu.Lock()
+	candidates := r.restartCandidates(p, stale, now)
+	r.mu.Unlock()
+	mayRestart := p.Restart != "" && p.Restart != dataplane.RestartNever
+	out := make([]dataplane.Workload, 0, len(candidates))
+	versions := make(map[dataplane.WorkloadRef]string, len(candidates))
+	pdbs := map[string][]policyv1.PodDisruptionBudget{} // by namespace, read once per pass
+	for _, c := range candidates {
+		w, ref := c.Workload, c.WorkloadRef
 		obj := newWorkload(ref)
 		if obj == nil {
 			out = append(out, w) // reported as not restartable by Decide
 			continue
 		}
 		if err := r.workloads.Get(ctx, client.ObjectKeyFromObject(obj), obj); apierrors.IsNotFound(err) {
-			if sw.Pods > 0 && w.CannotRestart == "" {
+			if w.Pods > 0 && w.CannotRestart == "" {
 				w.CannotRestart = "its " + ref.Kind + " is not found; its pods are left as they are"
 				out = append(out, w)
 			}
 			continue
 		} else if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", ref, err)
+			return nil, nil, fmt.Errorf("reading %s: %w", ref, err)
 		}
+		versions[ref] = obj.GetResourceVersion()
 		st, _ := stateOf(obj)
 		w.Annotations, w.GenerationObserved, w.RolloutComplete = st.annotations, st.observed, st.complete
-		if at, ok := r.restarts.written[ref]; ok {
+		if !c.writtenAt.IsZero() {
 			// The cache has not shown this process's own restart yet: take what was written.
 			w.Annotations = maps.Clone(w.Annotations)
 			if w.Annotations == nil {
 				w.Annotations = map[string]string{}
 			}
-			w.Annotations[dataplane.RestartedAtAnnotation] = at.UTC().Format(time.RFC3339)
-			w.Annotations[dataplane.RestartedForAnnotation] = sw.Target
+			w.Annotations[dataplane.RestartedAtAnnotation] = c.writtenAt.UTC().Format(time.RFC3339)
+			w.Annotations[dataplane.RestartedForAnnotation] = w.Target
 			w.GenerationObserved, w.RolloutComplete = false, false
 		}
 		if st.onDelete && w.CannotRestart == "" {
 			w.CannotRestart = "its updateStrategy is OnDelete, so a restart replaces no pod; delete its pods to give them a current sidecar"
 		}
-		if sw.Pods > 0 && w.CannotRestart == "" && p.Restart != "" && p.Restart != dataplane.RestartNever {
-			blocked, err := r.disruptionBlocked(ctx, ref.Namespace, st.podLabels)
-			if err != nil {
-				return nil, err
+		if w.Pods > 0 && w.CannotRestart == "" && mayRestart {
+			if _, ok := pdbs[ref.Namespace]; !ok {
+				l := &policyv1.PodDisruptionBudgetList{}
+				if err := r.workloads.List(ctx, l, client.InNamespace(ref.Namespace)); err != nil {
+					return nil, nil, fmt.Errorf("listing PodDisruptionBudgets in %s: %w", ref.Namespace, err)
+				}
+				pdbs[ref.Namespace] = l.Items
 			}
-			w.DisruptionBlocked = blocked
+			w.DisruptionBlocked = disruptionBlocked(pdbs[ref.Namespace], st.podLabels)
 		}
 		out = append(out, w)
 	}
-	return out, nil
+	return out, versions, nil
 }
 
-// disruptionBlocked says whether a PodDisruptionBudget selecting pods with podLabels
-// allows no disruption now.
-func (r *DataPlaneReconciler) disruptionBlocked(ctx context.Context, namespace string, podLabels map[string]string) (bool, error) {
-	pdbs := &policyv1.PodDisruptionBudgetList{}
-	if err := r.workloads.List(ctx, pdbs, client.InNamespace(namespace)); err != nil {
-		return false, fmt.Errorf("listing PodDisruptionBudgets in %s: %w", namespace, err)
-	}
-	for _, pdb := range pdbs.Items {
+// disruptionBlocked says whether one of pdbs selecting pods with podLabels allows no
+// disruption now.
+func disruptionBlocked(pdbs []policyv1.PodDisruptionBudget, podLabels map[string]string) bool {
+	for _, pdb := range pdbs {
 		sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
 		if err != nil || pdb.Spec.Selector == nil {
 			continue // selects nothing, for the disruption controller too
 		}
 		if sel.Matches(labels.Set(podLabels)) && pdb.Status.DisruptionsAllowed == 0 {
-			return true, nil
+			return true
 		}
 	}
-	return false, nil
+	return false
 }
 
 // policyOf is spec.injection.rollout as the restart plan reads it.
@@ -357,9 +382,7 @@ func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope
 		refused []string
 	)
 	for range 100 { // bounded: each round writes one restart, at most maxConcurrent
-		r.mu.Lock()
-		ws, err := r.restartInputs(ctx, p, s.stale, s.now)
-		r.mu.Unlock()
+		ws, versions, err := r.restartInputs(ctx, p, s.stale, s.now)
 		if err != nil {
 			return d, err
 		}
@@ -374,7 +397,7 @@ func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope
 		if d.Action.Kind != dataplane.ActionRestart {
 			break
 		}
-		if err := r.restart(ctx, d.Action); err != nil {
+		if err := r.restart(ctx, d.Action, versions[d.Action.Workload]); err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 				// The cache is behind the workload, or it just went: decide again in a
 				// second, whether or not an event about it arrives.
@@ -393,11 +416,11 @@ func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope
 	}
 	if len(batch) > 0 {
 		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, meshv1.ReasonRestartingWorkloads, "Restart",
-			"restarting %d workloads with stale sidecars (restartStaleWorkloads %s): %s", len(batch), p.Restart, summarizeNames(batch))
+			"restarting %d workloads with stale sidecars (restartStaleWorkloads %s): %s", len(batch), p.Restart, listSome(batch))
 	}
 	if len(refused) > 0 {
 		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeWarning, meshv1.ReasonRestartRefused, "Restart",
-			"the API server refused %d restarts: %s", len(refused), summarizeNames(refused))
+			"the API server refused %d restarts: %s", len(refused), listSome(refused))
 	}
 	r.reportTimeouts(s.mcp, d.Items)
 	return d, nil
@@ -405,16 +428,12 @@ func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope
 
 // restart makes the one write of a restart: the restart state on the workload's metadata
 // and the restart annotation on its pod template, in one merge patch, conditional on the
-// resourceVersion the cache showed, so a restart decided from a stale view fails instead
-// of repeating one.
-func (r *DataPlaneReconciler) restart(ctx context.Context, a dataplane.Action) error {
-	obj := newWorkload(a.Workload)
-	if err := r.workloads.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
-		return err
-	}
+// resourceVersion Decide's view of it was read at, so a restart decided from a stale view
+// fails instead of repeating one.
+func (r *DataPlaneReconciler) restart(ctx context.Context, a dataplane.Action, resourceVersion string) error {
 	meta, template := a.Annotations()
 	body, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"resourceVersion": obj.GetResourceVersion(), "annotations": meta},
+		"metadata": map[string]any{"resourceVersion": resourceVersion, "annotations": meta},
 		"spec":     map[string]any{"template": map[string]any{"metadata": map[string]any{"annotations": template}}},
 	})
 	if err != nil {
@@ -448,10 +467,3 @@ func (r *DataPlaneReconciler) reportTimeouts(mcp *meshv1.MeshControlPlane, items
 	}
 }
 
-// summarizeNames lists up to five names and counts the rest.
-func summarizeNames(names []string) string {
-	if len(names) <= 5 {
-		return strings.Join(names, ", ")
-	}
-	return strings.Join(names[:5], ", ") + fmt.Sprintf(" and %d more", len(names)-5)
-}

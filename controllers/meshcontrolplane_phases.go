@@ -669,14 +669,18 @@ func rankOf(ref apply.Ref) int { return render.Rank(ref.GVK) }
 
 // describeRefs names at most a few objects, for events and messages that stay short.
 func describeRefs(refs []apply.Ref) string {
-	const most = 5
-	names := make([]string, 0, most)
+	names := make([]string, len(refs))
 	for i, r := range refs {
-		if i == most {
-			names = append(names, fmt.Sprintf("and %d more", len(refs)-most))
-			break
-		}
-		names = append(names, r.String())
+		names[i] = r.String()
 	}
-	return strings.Join(names, ", ")
+	return listSome(names)
+}
+
+// listSome lists up to five names, and counts the rest, for Events and messages.
+func listSome(names []string) string {
+	const most = 5
+	if len(names) <= most {
+		return strings.Join(names, ", ")
+	}
+	return strings.Join(names[:most], ", ") + fmt.Sprintf(", and %d more", len(names)-most)
 }
