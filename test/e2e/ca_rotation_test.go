@@ -29,7 +29,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -78,16 +77,7 @@ var _ = Describe("the mesh CA's root rotation with the real istiod", Ordered, fu
 	)
 	startOperator := func(ctx context.Context) {
 		GinkgoHelper()
-		opWorkDir++
-		var err error
-		// No leader election: this is the only operator while these specs run, and a
-		// restarted one would otherwise wait out the killed one's lease (15s) before acting.
-		op, err = harness.StartOperator(ctx, cluster, harness.OperatorOptions{
-			WorkDir: filepath.Join(cluster.WorkDir, fmt.Sprintf("capstan-ca-%d", opWorkDir)),
-			Args:    []string{"--ca-propagation=" + rotationPropagation.String()},
-		})
-		Expect(err).NotTo(HaveOccurred())
-		operator = op // the suite reports its log when a spec fails
+		op = startOwnOperator(ctx, "capstan-ca", &opWorkDir, "--ca-propagation="+rotationPropagation.String())
 	}
 
 	BeforeAll(func(ctx SpecContext) {

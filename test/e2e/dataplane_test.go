@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -237,15 +236,7 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 	)
 	startOperator := func(ctx context.Context) {
 		GinkgoHelper()
-		opStarts++
-		var err error
-		// No leader election: this is the only operator while these specs run, and a
-		// restarted one would otherwise wait out the killed one's lease before acting.
-		op, err = harness.StartOperator(ctx, cluster, harness.OperatorOptions{
-			WorkDir: filepath.Join(cluster.WorkDir, fmt.Sprintf("capstan-dataplane-%d", opStarts)),
-		})
-		Expect(err).NotTo(HaveOccurred())
-		operator = op // the suite reports its log when a spec fails
+		op = startOwnOperator(ctx, "capstan-dataplane", &opStarts)
 	}
 
 	BeforeAll(func(ctx SpecContext) {

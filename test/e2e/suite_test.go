@@ -14,6 +14,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -79,4 +81,21 @@ func restoreSuiteOperator(ctx context.Context, op *harness.Operator) {
 	var err error
 	operator, err = harness.StartOperator(ctx, cluster, harness.OperatorOptions{LeaderElect: true})
 	Expect(err).NotTo(HaveOccurred())
+}
+
+// startOwnOperator starts a Describe's own operator, with args, in a working directory of
+// its own (<name>-<n>, n counting the starts), and makes it the operator whose log the
+// suite reports when a spec fails. No leader election: it is the only operator while the
+// Describe runs, and one started after a killed one would otherwise wait out the killed
+// one's lease (15s) before acting.
+func startOwnOperator(ctx context.Context, name string, starts *int, args ...string) *harness.Operator {
+	GinkgoHelper()
+	*starts++
+	op, err := harness.StartOperator(ctx, cluster, harness.OperatorOptions{
+		WorkDir: filepath.Join(cluster.WorkDir, fmt.Sprintf("%s-%d", name, *starts)),
+		Args:    args,
+	})
+	Expect(err).NotTo(HaveOccurred())
+	operator = op
+	return op
 }
