@@ -466,4 +466,3 @@ func (r *DataPlaneReconciler) reportTimeouts(mcp *meshv1.MeshControlPlane, items
 		r.Recorder.Eventf(mcp, nil, corev1.EventTypeWarning, string(dataplane.StatusTimedOut), "Restart", "%s", it.Message)
 	}
 }
-
