@@ -66,20 +66,6 @@ var _ = Describe("injection status", Ordered, func() {
 		pods = append(pods, p)
 		return p
 	}
-	label := func(ns, key, value string) {
-		GinkgoHelper()
-		n := &corev1.Namespace{}
-		Expect(k8sClient.Get(ctx, client.ObjectKey{Name: ns}, n)).To(Succeed())
-		if n.Labels == nil {
-			n.Labels = map[string]string{}
-		}
-		if value == "" {
-			delete(n.Labels, key)
-		} else {
-			n.Labels[key] = value
-		}
-		Expect(k8sClient.Update(ctx, n)).To(Succeed())
-	}
 	counts := func(meshed, injected, uninjected, stale int32) func(Gomega) {
 		return func(g Gomega) {
 			st := injection(g)
@@ -106,8 +92,8 @@ var _ = Describe("injection status", Ordered, func() {
 		}
 		// envtest never finishes deleting a namespace: unlabel them, so that no other
 		// spec sees them meshed.
-		label(meshNS, revision.InjectionLabel, "")
-		label(nopeNS, revision.RevLabel, "")
+		setNamespaceLabels(meshNS, map[string]string{revision.InjectionLabel: ""})
+		setNamespaceLabels(nopeNS, map[string]string{revision.RevLabel: ""})
 		deleteMCPAndWait()
 	})
 
@@ -119,7 +105,7 @@ var _ = Describe("injection status", Ordered, func() {
 		pod(meshNS, "job-1", "", &dataplane.Stamp{Version: "1.0.0", ProxyConfig: "old"}, corev1.PodSucceeded)
 		pod(plainNS, "other-1", "other", nil, corev1.PodRunning) // not meshed: not uninjected
 		pod(nopeNS, "nope-1", "nope", nil, corev1.PodRunning)    // labelled in a later spec
-		label(meshNS, revision.InjectionLabel, "enabled")
+		setNamespaceLabels(meshNS, map[string]string{revision.InjectionLabel: "enabled"})
 
 		Eventually(counts(1, 2, 1, 0)).Should(Succeed())
 		Eventually(func(g Gomega) {
@@ -163,7 +149,7 @@ var _ = Describe("injection status", Ordered, func() {
 	})
 
 	It("lists a namespace labelled for a revision that does not exist for attention", func() {
-		label(nopeNS, revision.RevLabel, "nope")
+		setNamespaceLabels(nopeNS, map[string]string{revision.RevLabel: "nope"})
 
 		Eventually(counts(2, 1, 2, 0)).Should(Succeed())
 		Eventually(func(g Gomega) {

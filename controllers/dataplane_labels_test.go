@@ -39,23 +39,6 @@ var _ = Describe("namespace labelling", Ordered, func() {
 		return n
 	}
 	// setLabels sets (value not empty) or removes labels of a namespace.
-	setLabels := func(name string, kv map[string]string) {
-		GinkgoHelper()
-		Eventually(func(g Gomega) {
-			n := ns(g, name)
-			if n.Labels == nil {
-				n.Labels = map[string]string{}
-			}
-			for k, v := range kv {
-				if v == "" {
-					delete(n.Labels, k)
-				} else {
-					n.Labels[k] = v
-				}
-			}
-			g.Expect(k8sClient.Update(ctx, n)).To(Succeed())
-		}).Should(Succeed())
-	}
 	setSelector := func(sel *metav1.LabelSelector) {
 		GinkgoHelper()
 		Eventually(func(g Gomega) {
@@ -103,7 +86,7 @@ var _ = Describe("namespace labelling", Ordered, func() {
 		// envtest never finishes deleting a namespace: unlabel them, so that no other
 		// spec sees them meshed.
 		for _, name := range all {
-			setLabels(name, map[string]string{"team": "", revision.InjectionLabel: "", revision.RevLabel: ""})
+			setNamespaceLabels(name, map[string]string{"team": "", revision.InjectionLabel: "", revision.RevLabel: ""})
 		}
 	})
 
@@ -134,7 +117,7 @@ var _ = Describe("namespace labelling", Ordered, func() {
 	})
 
 	It("removes its label and marker from a namespace that stops matching", func() {
-		setLabels(leaveNS, map[string]string{"team": ""})
+		setNamespaceLabels(leaveNS, map[string]string{"team": ""})
 		Eventually(func(g Gomega) {
 			n := ns(g, leaveNS)
 			g.Expect(n.Labels).NotTo(HaveKey(revision.InjectionLabel))
@@ -143,8 +126,8 @@ var _ = Describe("namespace labelling", Ordered, func() {
 	})
 
 	It("keeps a value the user changed when the namespace stops matching, and drops only the marker", func() {
-		setLabels(changedNS, map[string]string{revision.InjectionLabel: "disabled"})
-		setLabels(changedNS, map[string]string{"team": ""})
+		setNamespaceLabels(changedNS, map[string]string{revision.InjectionLabel: "disabled"})
+		setNamespaceLabels(changedNS, map[string]string{"team": ""})
 		Eventually(func(g Gomega) {
 			g.Expect(ns(g, changedNS).Annotations).NotTo(HaveKey(controllers.InjectionLabelledAnnotation))
 		}).Should(Succeed())
@@ -160,11 +143,11 @@ var _ = Describe("namespace labelling", Ordered, func() {
 			g.Expect(c.Message).To(ContainSubstring("spec.injection.namespaceSelector"))
 		}).Should(Succeed())
 		before := meshed(Default)
-		setLabels(lateNS, team)
-		setLabels(meshNS, map[string]string{"team": ""})
+		setNamespaceLabels(lateNS, team)
+		setNamespaceLabels(meshNS, map[string]string{"team": ""})
 		// The positive signal: a hand-set label the counts show, seen after the two changes
 		// above by the same namespace informer, in a reconcile that also ran the labelling.
-		setLabels(signalNS, map[string]string{revision.InjectionLabel: "enabled"})
+		setNamespaceLabels(signalNS, map[string]string{revision.InjectionLabel: "enabled"})
 		Eventually(meshed).Should(Equal(before + 1))
 		Expect(ns(Default, lateNS).Labels).NotTo(HaveKey(revision.InjectionLabel))
 		labelledByCapstan(meshNS)(Default)

@@ -88,10 +88,7 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 		for _, o := range created {
 			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed())
 		}
-		label := &corev1.Namespace{}
-		Expect(k8sClient.Get(ctx, client.ObjectKey{Name: meshNS}, label)).To(Succeed())
-		delete(label.Labels, revision.InjectionLabel)
-		Expect(k8sClient.Update(ctx, label)).To(Succeed())
+		setNamespaceLabels(meshNS, map[string]string{revision.InjectionLabel: ""})
 		deleteMCPAndWait()
 	})
 
@@ -122,7 +119,7 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 		Expect(k8sClient.Create(ctx, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: "rs-frozen"},
 			Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: "rs-frozen",
 				ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}}})).To(Succeed())
-		labelNamespace(meshNS, revision.InjectionLabel, "enabled")
+		setNamespaceLabels(meshNS, map[string]string{revision.InjectionLabel: "enabled"})
 
 		// istiod is not available yet: nothing may be restarted onto it.
 		Eventually(func(g Gomega) string { return condition(meshv1.ConditionSidecarsCurrent)(g).Message }).
@@ -247,15 +244,25 @@ func restartedAt(obj client.Object) string {
 	return cur.GetAnnotations()[dataplane.RestartedAtAnnotation]
 }
 
-func labelNamespace(name, key, value string) {
+// setNamespaceLabels sets a namespace's labels as kv says, an empty value removing the
+// label, retrying on a conflict with Capstan's own writes to the namespace.
+func setNamespaceLabels(name string, kv map[string]string) {
 	GinkgoHelper()
-	n := &corev1.Namespace{}
-	Expect(k8sClient.Get(ctx, client.ObjectKey{Name: name}, n)).To(Succeed())
-	if n.Labels == nil {
-		n.Labels = map[string]string{}
-	}
-	n.Labels[key] = value
-	Expect(k8sClient.Update(ctx, n)).To(Succeed())
+	Eventually(func(g Gomega) {
+		n := &corev1.Namespace{}
+		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: name}, n)).To(Succeed())
+		if n.Labels == nil {
+			n.Labels = map[string]string{}
+		}
+		for k, v := range kv {
+			if v == "" {
+				delete(n.Labels, k)
+			} else {
+				n.Labels[k] = v
+			}
+		}
+		g.Expect(k8sClient.Update(ctx, n)).To(Succeed())
+	}).Should(Succeed())
 }
 
 // injection is the MeshControlPlane's status.injection.
