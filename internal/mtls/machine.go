@@ -14,6 +14,7 @@ package mtls
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -226,12 +227,7 @@ func walkBack(obs Observed) Plan {
 		p.Writes = append(p.Writes, Write{Mode: ModeNone})
 		return p
 	}
-	for _, name := range sortedNames(obs.Namespaces) {
-		if ph := obs.Namespaces[name].State.Phase; ph != PhaseInherit && ph != "" {
-			p.Writes = append(p.Writes, Write{Namespace: name, Mode: ModeNone, State: NamespaceState{Phase: PhaseInherit, Since: obs.Now}})
-		}
-	}
-	p.Done = len(p.Writes) == 0
+	p.removeNamespacePolicies(obs)
 	return p
 }
 
@@ -242,6 +238,12 @@ func (p *Plan) finish(obs Observed) {
 		p.Writes = append(p.Writes, Write{Mode: ModeStrict})
 		return
 	}
+	p.removeNamespacePolicies(obs)
+}
+
+// removeNamespacePolicies removes every namespace policy of Capstan's; the plan is done
+// when none is left.
+func (p *Plan) removeNamespacePolicies(obs Observed) {
 	for _, name := range sortedNames(obs.Namespaces) {
 		if ph := obs.Namespaces[name].State.Phase; ph != PhaseInherit && ph != "" {
 			p.Writes = append(p.Writes, Write{Namespace: name, Mode: ModeNone, State: NamespaceState{Phase: PhaseInherit, Since: obs.Now}})
@@ -269,11 +271,4 @@ func describe(gates []Gate) string {
 	return strings.Join(parts, "; ")
 }
 
-func sortedNames(m map[string]Namespace) []string {
-	names := make([]string, 0, len(m))
-	for n := range m {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
+func sortedNames(m map[string]Namespace) []string { return slices.Sorted(maps.Keys(m)) }
