@@ -398,9 +398,7 @@ func (m *machine) final() string {
 	switch m.st.Phase {
 	case PhaseComplete:
 		return fmt.Sprintf("upgraded from revision %s to %s", m.st.From, m.st.To)
-	case PhaseFailed:
-		return fmt.Sprintf("revision %s stays active: %s", m.st.From, m.st.Failure)
-	case PhaseAborted:
+	case PhaseFailed, PhaseAborted:
 		return fmt.Sprintf("revision %s stays active: %s", m.st.From, m.st.Failure)
 	}
 	return "no upgrade"
