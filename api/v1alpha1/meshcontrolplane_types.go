@@ -24,7 +24,8 @@ type MeshControlPlaneSpec struct {
 	// Version is the Istio version to run, as x.y.z (for example 1.31.1). It selects the
 	// image tag of every control-plane component; the charts are the ones Capstan embeds,
 	// so only versions of the embedded minor release are accepted. Changing it upgrades
-	// the control plane in place.
+	// the control plane as spec.upgrade.strategy says: a canary revision beside the running
+	// one (RevisionBased), or in place.
 	// +kubebuilder:default="1.31.1"
 	// +kubebuilder:validation:Pattern=`^[0-9]+\.[0-9]+\.[0-9]+$`
 	// +kubebuilder:validation:MaxLength=32
@@ -81,6 +82,95 @@ type MeshControlPlaneSpec struct {
 	// Injection says which namespaces Capstan puts in the mesh.
 	// +optional
 	Injection *InjectionSpec `json:"injection,omitempty"`
+
+	// Upgrade says how a change of spec.version reaches the control plane and the
+	// workloads: in place, or as a canary revision beside the running one.
+	// +optional
+	Upgrade *UpgradeSpec `json:"upgrade,omitempty"`
+}
+
+// UpgradeStrategy says how a version change is rolled out.
+// +kubebuilder:validation:Enum=RevisionBased;InPlace
+type UpgradeStrategy string
+
+// The upgrade strategies.
+const (
+	// UpgradeRevisionBased runs each Istio version as a revision of its own, named after
+	// the version (1-31-1 for 1.31.1), and moves the workloads to a new one in batches.
+	UpgradeRevisionBased UpgradeStrategy = "RevisionBased"
+	// UpgradeInPlace runs one istiod, the revision "default", and replaces it on a version
+	// change; the sidecars follow as their workloads restart.
+	UpgradeInPlace UpgradeStrategy = "InPlace"
+)
+
+// UpgradeSpec says how version changes are rolled out.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.inactiveRevisionGracePeriod) || duration(self.inactiveRevisionGracePeriod) >= duration('0s')",message="spec.upgrade.inactiveRevisionGracePeriod: must not be negative"
+type UpgradeSpec struct {
+	// Strategy is RevisionBased or InPlace. Unset, a new control plane is RevisionBased,
+	// and one already running in place (revision default) stays InPlace until this is
+	// set. Switching from InPlace to RevisionBased is a canary upgrade from the revision
+	// default to the revision of spec.version: every sidecar keeps running until its
+	// namespace's batch moves. Switching back to InPlace is refused while more than the
+	// default revision runs.
+	// +optional
+	Strategy UpgradeStrategy `json:"strategy,omitempty"`
+
+	// Canary says how workloads move to a new revision.
+	// +optional
+	Canary *CanarySpec `json:"canary,omitempty"`
+
+	// Promote, set to a time after the upgrade started, moves the remaining batches once
+	// the first batch runs on the new revision (with canary.autoPromote false). Each new
+	// value is acted on once.
+	// +optional
+	Promote *metav1.Time `json:"promote,omitempty"`
+
+	// Abort, set to a time after the upgrade started, moves every migrated namespace back
+	// to the old revision and restarts its workloads there; the old revision stays active.
+	// Each new value is acted on once.
+	// +optional
+	Abort *metav1.Time `json:"abort,omitempty"`
+
+	// InactiveRevisionGracePeriod is how long a revision that is no longer active must be
+	// unused (no pod runs its sidecar, no namespace or tag selects it) before it is
+	// removed. Default 1h.
+	// +optional
+	InactiveRevisionGracePeriod *metav1.Duration `json:"inactiveRevisionGracePeriod,omitempty"`
+}
+
+// CanarySpec says how the workloads move to a new revision: namespace by namespace, in
+// batches, each waiting until its pods are Ready on the new revision.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.readinessTimeout) || duration(self.readinessTimeout) >= duration('10s')",message="spec.upgrade.canary.readinessTimeout: must be at least 10s; restarted pods need time to become Ready"
+// +kubebuilder:validation:XValidation:rule="!has(self.pauseBetweenBatches) || duration(self.pauseBetweenBatches) >= duration('0s')",message="spec.upgrade.canary.pauseBetweenBatches: must not be negative"
+type CanarySpec struct {
+	// BatchSize is how many namespaces move at once.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:default=1
+	// +optional
+	BatchSize int32 `json:"batchSize,omitempty"`
+
+	// ReadinessTimeout is how long the pods of a batch have to be Ready on the new
+	// revision; a batch that takes longer has failed. Default 10m.
+	// +optional
+	ReadinessTimeout *metav1.Duration `json:"readinessTimeout,omitempty"`
+
+	// PauseBetweenBatches is the least time between one batch being done and the next
+	// starting.
+	// +optional
+	PauseBetweenBatches *metav1.Duration `json:"pauseBetweenBatches,omitempty"`
+
+	// AutoPromote moves every batch without stopping. Off (the default), the upgrade stops
+	// after the first batch until spec.upgrade.promote is set.
+	// +optional
+	AutoPromote bool `json:"autoPromote,omitempty"`
+
+	// RollbackOnFailure moves a failed batch back to the old revision (the default).
+	// Off, a failed batch is left where it is for someone to look at.
+	// +kubebuilder:default=true
+	// +optional
+	RollbackOnFailure *bool `json:"rollbackOnFailure,omitempty"`
 }
 
 // InjectionSpec says which namespaces Capstan puts in the mesh, so that their new pods get
@@ -320,6 +410,71 @@ type MeshControlPlaneStatus struct {
 	// +listMapKey=name
 	// +optional
 	Revisions []RevisionStatus `json:"revisions,omitempty"`
+
+	// ActiveRevision is the revision the default and stable tags point at: the one new
+	// namespaces and new workloads get.
+	// +optional
+	ActiveRevision string `json:"activeRevision,omitempty"`
+
+	// Upgrade is the canary upgrade in progress, or the last one.
+	// +optional
+	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
+}
+
+// UpgradeStatus is a canary upgrade: where it stands, and everything Capstan needs to
+// resume it after a restart.
+type UpgradeStatus struct {
+	// Phase is WaitingForRevision, Migrating, AwaitingPromotion, Promoting, RollingBack,
+	// Complete, Failed or Aborted.
+	Phase string `json:"phase"`
+	// From and To are the old and the new revision.
+	From string `json:"from"`
+	To   string `json:"to"`
+	// StartedAt is when the upgrade began.
+	StartedAt metav1.Time `json:"startedAt"`
+	// BatchesDone of BatchesTotal have moved.
+	// +optional
+	BatchesDone int32 `json:"batchesDone,omitempty"`
+	// +optional
+	BatchesTotal int32 `json:"batchesTotal,omitempty"`
+	// CurrentBatch are the namespaces moving now (at most 10 shown).
+	// +kubebuilder:validation:MaxItems=10
+	// +listType=atomic
+	// +optional
+	CurrentBatch []string `json:"currentBatch,omitempty"`
+	// Message says where the upgrade stands and, when it failed, which namespace and
+	// workload failed.
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	// Namespaces are the namespaces the upgrade moves, in batch order, fixed when it began.
+	// +listType=atomic
+	// +optional
+	Namespaces []string `json:"namespaces,omitempty"`
+	// Batch is the index of the batch moving, or of the next one.
+	// +optional
+	Batch int32 `json:"batch,omitempty"`
+	// BatchStartedAt is when the moving batch began; unset between batches.
+	// +optional
+	BatchStartedAt *metav1.Time `json:"batchStartedAt,omitempty"`
+	// BatchDoneAt is when the last batch was done.
+	// +optional
+	BatchDoneAt *metav1.Time `json:"batchDoneAt,omitempty"`
+	// RollBack are the namespaces a rollback moves back.
+	// +listType=atomic
+	// +optional
+	RollBack []string `json:"rollBack,omitempty"`
+	// Aborting says the rollback is an abort's.
+	// +optional
+	Aborting bool `json:"aborting,omitempty"`
+	// Failure says what failed.
+	// +optional
+	Failure string `json:"failure,omitempty"`
+	// HandledPromote and HandledAbort are the last spec.upgrade.promote and abort acted on.
+	// +optional
+	HandledPromote *metav1.Time `json:"handledPromote,omitempty"`
+	// +optional
+	HandledAbort *metav1.Time `json:"handledAbort,omitempty"`
 }
 
 // RevisionUse says whether a revision is in use.
@@ -356,6 +511,14 @@ type RevisionStatus struct {
 	// Namespaces are the namespaces whose labels select it for new pods.
 	// +optional
 	Namespaces *int32 `json:"namespaces,omitempty"`
+	// Tags are the revision tags (default, stable, canary) that point at it.
+	// +listType=atomic
+	// +optional
+	Tags []string `json:"tags,omitempty"`
+	// UnusedSince is when it was last seen to become unused; a revision that is not active
+	// is removed once it has been unused for spec.upgrade.inactiveRevisionGracePeriod.
+	// +optional
+	UnusedSince *metav1.Time `json:"unusedSince,omitempty"`
 }
 
 // InjectionStatus is the data plane in counts, so that status stays small however many
@@ -422,6 +585,16 @@ const (
 	ConditionReady       = "Ready"
 	ConditionProgressing = "Progressing"
 	ConditionDegraded    = "Degraded"
+	// ConditionUpgrading is True while a canary upgrade is under way; False says how the
+	// last one ended (reasons: the final phases, Complete, Failed, Aborted) or why none can
+	// start (UpgradeBlocked).
+	ConditionUpgrading = "Upgrading"
+	// ReasonUpgradeBlocked: a pre-upgrade check fails; the message names it.
+	ReasonUpgradeBlocked = "UpgradeBlocked"
+	// ReasonUpgradeBatch (an Event): a batch of namespaces moved, or was moved back.
+	ReasonUpgradeBatch = "UpgradeBatch"
+	// ReasonRevisionPruned (an Event): a revision unused for the grace period was removed.
+	ReasonRevisionPruned = "RevisionPruned"
 	// ConditionSidecarsCurrent is True when no running pod has a stale sidecar; False names
 	// the most important stale reason (RevisionChanged, VersionChanged, UnreadableStatus,
 	// Unstamped, ProxyConfigChanged) and counts the stale pods. The data-plane controller
@@ -457,7 +630,9 @@ const (
 // +kubebuilder:resource:scope=Cluster,shortName=mcp
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Version",type=string,JSONPath=`.status.version`
+// +kubebuilder:printcolumn:name="Revision",type=string,JSONPath=`.status.activeRevision`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Upgrade",type=string,JSONPath=`.status.upgrade.phase`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name == 'default'",message="metadata.name: a cluster has one MeshControlPlane and it must be named default"
 type MeshControlPlane struct {
