@@ -177,12 +177,11 @@ func run() error {
 	// fill, not beside them: the render's garbage and the caches' initial lists then never
 	// add up to one peak of the heap, which on a large cluster set the process's memory
 	// for good.
-	var spec *meshv1.MeshControlPlaneSpec
 	stored := &meshv1.MeshControlPlane{}
-	if err := mgr.GetAPIReader().Get(context.Background(), client.ObjectKey{Name: meshv1.SingletonName}, stored); err == nil {
-		spec = &stored.Spec
+	if err := mgr.GetAPIReader().Get(context.Background(), client.ObjectKey{Name: meshv1.SingletonName}, stored); err != nil {
+		stored = nil
 	}
-	if err := plan.Warm(sv.GitVersion, spec); err != nil {
+	if err := plan.Warm(sv.GitVersion, stored); err != nil {
 		return fmt.Errorf("the embedded charts do not render with default values: %w", err)
 	}
 	ctrl.Log.WithName("setup").Info("starting", "kubernetes", sv.GitVersion)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,8 +87,9 @@ type DataPlaneReconciler struct {
 	desired    dataplane.Desired
 	desiredFor string
 	hasDesired bool
-	// revision and cpNamespace are the revision and control-plane namespace planned from
-	// the MeshControlPlane desiredFor names.
+	// plan is the plan desiredFor names, and revision and cpNamespace its active revision
+	// and control-plane namespace.
+	plan                  plan.Plan
 	revision, cpNamespace string
 	// restarts is what the restart plan remembers; mu guards it.
 	restarts restartMemory
@@ -225,6 +227,9 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	}
 	s := &dataPlaneScope{mcp: mcp, before: mcp.DeepCopy(), now: r.Clock.Now()}
 	r.observe(s)
+	if s.hasDesired && s.planErr == nil && mcp.DeletionTimestamp.IsZero() {
+		s.upgrade = upgradeOf(s)
+	}
 	// Before the status, so that InjectionConfigured is written with it. A MeshControlPlane
 	// being deleted selects no namespace: the labels Capstan set are removed.
 	if err := r.reconcileInjectionLabels(ctx, s); err != nil {
@@ -234,7 +239,7 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, nil
 	}
 	var result ctrl.Result
-	if s.hasDesired && s.planErr == nil {
+	if s.upgrade != nil {
 		d, err := r.runRestarts(ctx, s)
 		if err != nil {
 			return ctrl.Result{}, err
@@ -243,9 +248,18 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		r.mu.Lock()
 		r.restartsInProgress = d.InProgress
 		r.mu.Unlock()
-		if !d.Wake.IsZero() {
-			result.RequeueAfter = max(d.Wake.Sub(r.Clock.Now()), time.Second)
+		wake(&result, d.Wake, r.Clock.Now())
+		changed, err := r.stepUpgrade(ctx, s, s.upgrade, s.migration)
+		if err != nil {
+			return ctrl.Result{}, err
 		}
+		if changed {
+			// The State moved namespaces: label them now that it is stored.
+			if err := r.reconcileInjectionLabels(ctx, s); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+		wake(&result, s.upgrade.wake, r.Clock.Now())
 	}
 	s.summarize()
 	if !s.changed() {
@@ -258,26 +272,32 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	return result, nil
 }
 
-// observe gives the counts the desired state of the spec, when it changed, and takes what
-// the status needs from them.
+// observe gives the counts the desired state of the spec and of the revisions installed,
+// when it changed, and takes what the status needs from them.
 func (r *DataPlaneReconciler) observe(s *dataPlaneScope) {
-	key := string(s.mcp.UID) + "@" + strconv.FormatInt(s.mcp.Generation, 10)
+	in := plan.InstalledFrom(&s.mcp.Status)
+	key := string(s.mcp.UID) + "@" + strconv.FormatInt(s.mcp.Generation, 10) + "@" + installedKey(in)
 	var d dataplane.Desired
-	var rev, cpNamespace string
-	if key != r.desiredFor {
-		p, err := plan.For(&s.mcp.Spec)
-		if err != nil {
+	var cpNamespace string
+	var p plan.Plan
+	r.mu.Lock()
+	same := key == r.desiredFor
+	p = r.plan
+	r.mu.Unlock()
+	if !same {
+		var err error
+		if p, err = plan.For(&s.mcp.Spec, in); err != nil {
 			s.planErr = err
 		} else {
-			d = dataplane.Desired{Resolver: revision.Resolver{Revisions: []string{p.Revision}}, Stamps: p.Stamps}
-			rev, cpNamespace = p.Revision, p.Namespace
+			d = dataplane.Desired{Resolver: resolverOf(p.Layout), Stamps: p.Stamps}
+			cpNamespace = p.Namespace
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if key != r.desiredFor && s.planErr == nil {
-		r.desiredFor = key
-		r.revision, r.cpNamespace = rev, cpNamespace
+	if !same && s.planErr == nil {
+		r.desiredFor, r.plan = key, p
+		r.revision, r.cpNamespace = p.Revision, cpNamespace
 		if !r.hasDesired || !reflect.DeepEqual(d, r.desired) {
 			// The one O(all pods) step: only when the revisions or stamps changed.
 			r.counts.SetDesired(d)
@@ -285,12 +305,40 @@ func (r *DataPlaneReconciler) observe(s *dataPlaneScope) {
 		}
 	}
 	s.hasDesired = r.hasDesired
+	s.plan, s.resolver = r.plan, r.desired.Resolver
 	s.revision, s.cpNamespace = r.revision, r.cpNamespace
 	s.sum = r.counts.Summary()
 	s.uses = r.counts.Uses()
 	s.revisions = r.desired.Resolver.Revisions
 	s.stale = r.counts.StaleWorkloads()
 	s.missing = r.counts.MissingRevisions()
+}
+
+// installedKey is what of the installed revisions a plan depends on, for telling when to
+// plan again: the active revision, the upgrade's phase and target, and the revisions.
+func installedKey(in plan.Installed) string {
+	var b strings.Builder
+	b.WriteString(in.Active)
+	if in.Upgrade != nil {
+		fmt.Fprintf(&b, "/%s>%s:%s", in.Upgrade.From, in.Upgrade.To, in.Upgrade.Phase)
+	}
+	for _, rev := range slices.Sorted(maps.Keys(in.Revisions)) {
+		fmt.Fprintf(&b, "/%s=%s", rev, in.Revisions[rev])
+	}
+	return b.String()
+}
+
+// resolverOf resolves labels the way the injection webhooks of layout select: each
+// revision installed, and each tag to the revision carrying it. The in-place revision
+// default serves istio-injection=enabled itself, without a tag.
+func resolverOf(l plan.Revisions) revision.Resolver {
+	res := revision.Resolver{Revisions: slices.Sorted(maps.Keys(l.Versions)), Tags: map[string]string{}}
+	for rev, tags := range l.Tags {
+		for _, t := range tags {
+			res.Tags[t] = rev
+		}
+	}
+	return res
 }
 
 // podEvents feeds the counts from the pod informer, one pod at a time.
@@ -366,6 +414,18 @@ func (r *DataPlaneReconciler) namespaceEvents() handler.Funcs {
 			r.mu.Unlock()
 			enqueueSingleton(q)
 		},
+	}
+}
+
+// wake makes res come back at t, or earlier if it already does; never sooner than a
+// second from now.
+func wake(res *ctrl.Result, t, now time.Time) {
+	if t.IsZero() {
+		return
+	}
+	after := max(t.Sub(now), time.Second)
+	if res.RequeueAfter == 0 || after < res.RequeueAfter {
+		res.RequeueAfter = after
 	}
 }
 

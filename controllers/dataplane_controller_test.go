@@ -81,7 +81,7 @@ var _ = Describe("injection status", Ordered, func() {
 		Expect(k8sClient.Create(ctx, mcp("dp-istio"))).To(Succeed())
 		// The stamps the controller compares with, planned from the spec as the apiserver
 		// defaulted it.
-		p, err := plan.For(&getMCP().Spec)
+		p, err := plan.For(&getMCP().Spec, plan.InstalledFrom(&getMCP().Status))
 		Expect(err).NotTo(HaveOccurred())
 		stamp = p.Stamps[p.Revision]
 		Expect(stamp.Version).NotTo(BeEmpty())

@@ -21,8 +21,9 @@ import (
 )
 
 // InjectionLabelledAnnotation marks a namespace Capstan labelled for injection; its value
-// is the label Capstan set (istio-injection or istio.io/rev). Only a label so marked is
-// ever removed by Capstan.
+// is the label Capstan set, as key=value (istio-injection=enabled, istio.io/rev=1-31-1).
+// Only a label so marked, and still holding that value, is ever moved or removed by
+// Capstan.
 const InjectionLabelledAnnotation = "capstan.dev/injection-labelled"
 
 // namespaceSelectorField is the spec field the InjectionConfigured condition is about.
@@ -47,27 +48,34 @@ type namespaceWant struct {
 
 // namespaceLabelPatch is the one merge patch of a namespace's metadata that brings its
 // injection label to what is wanted, or nil when it already is. A selected namespace with
-// neither injection label gets Capstan's label and marker; a namespace no longer selected
-// that carries the marker loses the label, if it still has the value Capstan set, and the
-// marker. A label Capstan did not set is never touched.
+// neither injection label gets Capstan's label and marker; a selected namespace whose label
+// Capstan set, and which still has the value Capstan set, is moved to the wanted revision
+// (a canary upgrade's move); a namespace no longer selected that carries the marker loses
+// the label, if it still has the value Capstan set, and the marker. A label Capstan did not
+// set, or that someone changed since, is never touched.
 func namespaceLabelPatch(nsLabels, nsAnnotations map[string]string, want namespaceWant) []byte {
-	marked, isMarked := nsAnnotations[InjectionLabelledAnnotation]
+	markKey, markValue, isMarked := capstanLabel(nsAnnotations)
+	ours := isMarked && markValue != "" && nsLabels[markKey] == markValue
 	md := map[string]any{}
-	if want.Selected {
-		_, hasInjection := nsLabels[revision.InjectionLabel]
-		_, hasRev := nsLabels[revision.RevLabel]
-		if hasInjection || hasRev {
-			return nil // labelled already, by Capstan or by its owner
-		}
-		key, value := injectionLabel(want.Revision)
+	key, value := injectionLabel(want.Revision)
+	_, hasInjection := nsLabels[revision.InjectionLabel]
+	_, hasRev := nsLabels[revision.RevLabel]
+	switch {
+	case want.Selected && !hasInjection && !hasRev:
 		md["labels"] = map[string]any{key: value}
-		md["annotations"] = map[string]any{InjectionLabelledAnnotation: key}
-	} else {
-		if !isMarked {
-			return nil
+		md["annotations"] = map[string]any{InjectionLabelledAnnotation: key + "=" + value}
+	case want.Selected && ours && (markKey != key || markValue != value):
+		labels := map[string]any{key: value}
+		if markKey != key {
+			labels[markKey] = nil
 		}
-		if cur, ok := nsLabels[marked]; ok && cur == capstanValue(marked, want.Revision) {
-			md["labels"] = map[string]any{marked: nil}
+		md["labels"] = labels
+		md["annotations"] = map[string]any{InjectionLabelledAnnotation: key + "=" + value}
+	case want.Selected || !isMarked:
+		return nil // labelled as wanted, or by its owner
+	default:
+		if ours {
+			md["labels"] = map[string]any{markKey: nil}
 		}
 		md["annotations"] = map[string]any{InjectionLabelledAnnotation: nil}
 	}
@@ -78,13 +86,21 @@ func namespaceLabelPatch(nsLabels, nsAnnotations map[string]string, want namespa
 	return b
 }
 
-// capstanValue is the value Capstan sets for label key: "enabled" for istio-injection,
-// the revision for istio.io/rev.
-func capstanValue(key, rev string) string {
-	if key == revision.InjectionLabel {
-		return "enabled"
+// capstanLabel is the label Capstan's marker says it set: "key=value", or, as Capstan
+// marked namespaces before it moved them between revisions, the key alone, whose value was
+// "enabled" for istio-injection (the only one it set then); "" for a value not known.
+func capstanLabel(nsAnnotations map[string]string) (key, value string, marked bool) {
+	mark, marked := nsAnnotations[InjectionLabelledAnnotation]
+	if !marked {
+		return "", "", false
 	}
-	return rev
+	if k, v, ok := strings.Cut(mark, "="); ok {
+		return k, v, true
+	}
+	if mark == revision.InjectionLabel {
+		return mark, "enabled", true
+	}
+	return mark, "", true
 }
 
 // excludedNamespaces are the namespaces the selector is never applied to: the control
@@ -109,7 +125,7 @@ func (r *DataPlaneReconciler) reconcileInjectionLabels(ctx context.Context, s *d
 	// The pass depends on the spec (and whether it is being deleted), what was planned
 	// from it and the namespaces: when none of them changed since the last complete pass,
 	// its outcome, InjectionConfigured included, stands.
-	key := fmt.Sprintf("%s@%d@%t@%s@%s", s.mcp.UID, s.mcp.Generation, s.mcp.DeletionTimestamp.IsZero(), s.revision, s.cpNamespace)
+	key := fmt.Sprintf("%s@%d@%t@%s@%s@%s", s.mcp.UID, s.mcp.Generation, s.mcp.DeletionTimestamp.IsZero(), s.revision, s.cpNamespace, s.upgrade.labelsKey())
 	r.mu.Lock()
 	skip := !r.namespacesChanged && r.labelledFor == key
 	r.namespacesChanged = false
@@ -154,7 +170,7 @@ func (r *DataPlaneReconciler) reconcileInjectionLabels(ctx context.Context, s *d
 		if matches && never {
 			refused = append(refused, ns.Name)
 		}
-		patch := namespaceLabelPatch(ns.Labels, ns.Annotations, namespaceWant{Selected: matches && !never, Revision: s.revision})
+		patch := namespaceLabelPatch(ns.Labels, ns.Annotations, namespaceWant{Selected: matches && !never, Revision: s.upgrade.revisionFor(ns.Name, s.revision)})
 		if patch == nil || !ns.DeletionTimestamp.IsZero() {
 			continue
 		}

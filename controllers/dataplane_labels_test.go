@@ -52,7 +52,7 @@ var _ = Describe("namespace labelling", Ordered, func() {
 		return func(g Gomega) {
 			n := ns(g, name)
 			g.Expect(n.Labels).To(HaveKeyWithValue(revision.InjectionLabel, "enabled"), name)
-			g.Expect(n.Annotations).To(HaveKeyWithValue(controllers.InjectionLabelledAnnotation, revision.InjectionLabel), name)
+			g.Expect(n.Annotations).To(HaveKeyWithValue(controllers.InjectionLabelledAnnotation, revision.InjectionLabel+"=enabled"), name)
 		}
 	}
 	meshed := func(g Gomega) int32 {

@@ -15,6 +15,7 @@ import (
 // selects is labelled once, what Capstan labelled is unlabelled once it is not selected,
 // and no label Capstan did not set is touched.
 func TestNamespaceLabelPatch(t *testing.T) {
+	// The marker as Capstan wrote it before it moved namespaces between revisions: the key alone.
 	marker := map[string]string{InjectionLabelledAnnotation: revision.InjectionLabel}
 	enabled := map[string]string{"team": "mesh", revision.InjectionLabel: "enabled"}
 	for name, tc := range map[string]struct {
@@ -25,11 +26,33 @@ func TestNamespaceLabelPatch(t *testing.T) {
 		"selected and unlabelled: label and marker in one patch": {
 			labels: map[string]string{"team": "mesh"},
 			want:   namespaceWant{Selected: true, Revision: "default"},
-			patch:  `{"metadata":{"annotations":{"capstan.dev/injection-labelled":"istio-injection"},"labels":{"istio-injection":"enabled"}}}`,
+			patch:  `{"metadata":{"annotations":{"capstan.dev/injection-labelled":"istio-injection=enabled"},"labels":{"istio-injection":"enabled"}}}`,
 		},
 		"selected, for a named revision: istio.io/rev": {
-			want:  namespaceWant{Selected: true, Revision: "canary"},
-			patch: `{"metadata":{"annotations":{"capstan.dev/injection-labelled":"istio.io/rev"},"labels":{"istio.io/rev":"canary"}}}`,
+			want:  namespaceWant{Selected: true, Revision: "1-31-1"},
+			patch: `{"metadata":{"annotations":{"capstan.dev/injection-labelled":"istio.io/rev=1-31-1"},"labels":{"istio.io/rev":"1-31-1"}}}`,
+		},
+		"selected, Capstan's in-place label, moved to a revision (a canary's first batch)": {
+			labels: enabled, annotations: marker,
+			want:  namespaceWant{Selected: true, Revision: "1-31-1"},
+			patch: `{"metadata":{"annotations":{"capstan.dev/injection-labelled":"istio.io/rev=1-31-1"},"labels":{"istio-injection":null,"istio.io/rev":"1-31-1"}}}`,
+		},
+		"selected, Capstan's revision label, moved to the next revision": {
+			labels:      map[string]string{revision.RevLabel: "1-31-0"},
+			annotations: map[string]string{InjectionLabelledAnnotation: "istio.io/rev=1-31-0"},
+			want:        namespaceWant{Selected: true, Revision: "1-31-1"},
+			patch:       `{"metadata":{"annotations":{"capstan.dev/injection-labelled":"istio.io/rev=1-31-1"},"labels":{"istio.io/rev":"1-31-1"}}}`,
+		},
+		"selected, Capstan's revision label changed by the user since: untouched": {
+			labels:      map[string]string{revision.RevLabel: "stable"},
+			annotations: map[string]string{InjectionLabelledAnnotation: "istio.io/rev=1-31-0"},
+			want:        namespaceWant{Selected: true, Revision: "1-31-1"},
+		},
+		"not selected, Capstan's revision label: label and marker go": {
+			labels:      map[string]string{revision.RevLabel: "1-31-0"},
+			annotations: map[string]string{InjectionLabelledAnnotation: "istio.io/rev=1-31-0"},
+			want:        namespaceWant{Revision: "1-31-1"},
+			patch:       `{"metadata":{"annotations":{"capstan.dev/injection-labelled":null},"labels":{"istio.io/rev":null}}}`,
 		},
 		"selected and labelled by Capstan already: nothing": {
 			labels: enabled, annotations: marker,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -229,20 +230,22 @@ type restartCandidate struct {
 
 // restartCandidates are every workload with stale pods, and every tracked restart that is
 // still rolling, or recent enough to matter for the timeout and pauseBetween, with what
-// the memory says of each. The caller holds r.mu.
-func (r *DataPlaneReconciler) restartCandidates(p dataplane.Policy, stale []dataplane.StaleWorkload, now time.Time) []restartCandidate {
+// the memory says of each: those of the namespaces in selects. The caller holds r.mu.
+func (r *DataPlaneReconciler) restartCandidates(p dataplane.Policy, stale []dataplane.StaleWorkload, in func(namespace string) bool, now time.Time) []restartCandidate {
 	relevant := p.Timeout + p.PauseBetween
 	byRef := make(map[dataplane.WorkloadRef]dataplane.StaleWorkload, len(stale))
 	for _, w := range stale {
-		byRef[w.WorkloadRef] = w
+		if in(w.Namespace) {
+			byRef[w.WorkloadRef] = w
+		}
 	}
 	for ref, t := range r.restarts.tracked {
-		if _, ok := byRef[ref]; !ok && (!t.complete || now.Sub(t.at) < relevant || now.Sub(t.completedAt) < p.PauseBetween) {
+		if _, ok := byRef[ref]; !ok && in(ref.Namespace) && (!t.complete || now.Sub(t.at) < relevant || now.Sub(t.completedAt) < p.PauseBetween) {
 			byRef[ref] = dataplane.StaleWorkload{WorkloadRef: ref}
 		}
 	}
 	for ref := range r.restarts.written {
-		if _, ok := byRef[ref]; !ok {
+		if _, ok := byRef[ref]; !ok && in(ref.Namespace) {
 			byRef[ref] = dataplane.StaleWorkload{WorkloadRef: ref}
 		}
 	}
@@ -263,9 +266,9 @@ func (r *DataPlaneReconciler) restartCandidates(p dataplane.Policy, stale []data
 // restartInputs gathers Decide's inputs: the candidates, each read from the restart cache,
 // and the resourceVersion each was read at, on which its restart is conditional. The
 // cache is read without r.mu held: the informers feeding the counts wait on it.
-func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Policy, stale []dataplane.StaleWorkload, now time.Time) ([]dataplane.Workload, map[dataplane.WorkloadRef]string, error) {
+func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Policy, stale []dataplane.StaleWorkload, in func(string) bool, now time.Time) ([]dataplane.Workload, map[dataplane.WorkloadRef]string, error) {
 	r.mu.Lock()
-	candidates := r.restartCandidates(p, stale, now)
+	candidates := r.restartCandidates(p, stale, in, now)
 	r.mu.Unlock()
 	mayRestart := p.Restart != "" && p.Restart != dataplane.RestartNever
 	out := make([]dataplane.Workload, 0, len(candidates))
@@ -367,22 +370,62 @@ func restartHold(mcp *meshv1.MeshControlPlane) string {
 	return ""
 }
 
-// runRestarts runs the restart plan: Decide, make its one write, and again, until it has
-// nothing more to write now. It returns the last decision, for status, and tells each
-// batch of restarts, and each timeout, in an Event.
+// runRestarts runs the restart plans: the migration's, for the namespaces a canary upgrade
+// moves now (every stale workload of the batch at once, whatever restartStaleWorkloads
+// says, each given readinessTimeout), then spec.injection.rollout's for every other
+// namespace. It returns their decisions as one, for status, and keeps the migration's
+// items for the upgrade's next step.
 func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope) (dataplane.Decision, error) {
-	p := policyOf(&s.mcp.Spec)
 	hold := restartHold(s.mcp)
+	var moving func(string) bool
+	var migration dataplane.Decision
+	if u := s.upgrade; u != nil && len(u.moving) > 0 {
+		moving = func(ns string) bool { return slices.Contains(u.moving, ns) }
+		n := 0
+		for _, w := range s.stale {
+			if moving(w.Namespace) {
+				n++
+			}
+		}
+		p := dataplane.Policy{Restart: dataplane.RestartAlways, MaxConcurrent: max(n, 1), Timeout: u.cfg.ReadinessTimeout}
+		var err error
+		if migration, err = r.restartPlan(ctx, s, p, moving, hold, "moving to revision "+u.revisionFor(u.moving[0], s.revision)); err != nil {
+			return migration, err
+		}
+		s.migration = migration.Items
+	}
+	p := policyOf(&s.mcp.Spec)
 	if p.Restart != "" && p.Restart != dataplane.RestartNever {
 		s.hold = hold
 	}
+	rest := func(ns string) bool { return moving == nil || !moving(ns) }
+	d, err := r.restartPlan(ctx, s, p, rest, hold, fmt.Sprintf("restartStaleWorkloads %s", p.Restart))
+	if err != nil {
+		return d, err
+	}
+	if moving != nil {
+		d.Items = append(d.Items, migration.Items...)
+		slices.SortFunc(d.Items, func(a, b dataplane.Item) int { return dataplane.CompareRefs(a.WorkloadRef, b.WorkloadRef) })
+		d.InProgress += migration.InProgress
+		if !migration.Wake.IsZero() && (d.Wake.IsZero() || migration.Wake.Before(d.Wake)) {
+			d.Wake, d.WakeReason = migration.Wake, migration.WakeReason
+		}
+	}
+	return d, nil
+}
+
+// restartPlan runs one restart plan over the stale workloads of the namespaces in
+// selects: Decide, make its one write, and again, until it has nothing more to write now.
+// It returns the last decision and tells each batch of restarts, and each timeout, in an
+// Event that says why (the policy, or the upgrade).
+func (r *DataPlaneReconciler) restartPlan(ctx context.Context, s *dataPlaneScope, p dataplane.Policy, in func(string) bool, hold, why string) (dataplane.Decision, error) {
 	var (
 		d       dataplane.Decision
 		batch   []string
 		refused []string
 	)
 	for range 100 { // bounded: each round writes one restart, at most maxConcurrent
-		ws, versions, err := r.restartInputs(ctx, p, s.stale, s.now)
+		ws, versions, err := r.restartInputs(ctx, p, s.stale, in, s.now)
 		if err != nil {
 			return d, err
 		}
@@ -416,7 +459,7 @@ func (r *DataPlaneReconciler) runRestarts(ctx context.Context, s *dataPlaneScope
 	}
 	if len(batch) > 0 {
 		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, meshv1.ReasonRestartingWorkloads, "Restart",
-			"restarting %d workloads with stale sidecars (restartStaleWorkloads %s): %s", len(batch), p.Restart, listSome(batch))
+			"restarting %d workloads with stale sidecars (%s): %s", len(batch), why, listSome(batch))
 	}
 	if len(refused) > 0 {
 		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeWarning, meshv1.ReasonRestartRefused, "Restart",

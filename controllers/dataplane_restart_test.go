@@ -68,7 +68,7 @@ var _ = Describe("restarting workloads with stale sidecars", Ordered, func() {
 		m.Spec.Injection = &meshv1.InjectionSpec{Rollout: &meshv1.RolloutSpec{
 			RestartStaleWorkloads: meshv1.RestartOnUpgrade, MaxConcurrent: 1, RestartTimeout: &metav1.Duration{Duration: time.Hour}}}
 		Expect(k8sClient.Create(ctx, m)).To(Succeed())
-		p, err := plan.For(&getMCP().Spec)
+		p, err := plan.For(&getMCP().Spec, plan.InstalledFrom(&getMCP().Status))
 		Expect(err).NotTo(HaveOccurred())
 		current = p.Stamps[p.Revision]
 		old = dataplane.Stamp{Version: "1.31.0", ProxyConfig: current.ProxyConfig}

@@ -12,6 +12,7 @@ import (
 
 	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/internal/dataplane"
+	"github.com/capstan-mesh/capstan/internal/plan"
 	"github.com/capstan-mesh/capstan/internal/revision"
 )
 
@@ -34,9 +35,17 @@ type dataPlaneScope struct {
 	// it may start no restart now, if it would.
 	decision *dataplane.Decision
 	hold     string
-	// revision and cpNamespace: the revision namespaces are labelled for, and the
-	// control-plane namespace, as planned from the spec; empty while it cannot be.
+	// revision and cpNamespace: the revision namespaces are labelled for (the active one),
+	// and the control-plane namespace, as planned from the spec; empty while it cannot be.
 	revision, cpNamespace string
+	// plan is the plan of the spec and the revisions installed, and resolver its
+	// injection webhooks.
+	plan     plan.Plan
+	resolver revision.Resolver
+	// upgrade is the canary upgrade as persisted; nil while the spec cannot be planned.
+	// migration are the last decision's items of the workloads it restarts.
+	upgrade   *upgradeRun
+	migration []dataplane.Item
 }
 
 // summarize fills status.injection, the data plane's fields of status.revisions and the
@@ -109,6 +118,13 @@ func (s *dataPlaneScope) summarizeRevisions() {
 			i = len(s.mcp.Status.Revisions) - 1
 		}
 		rs := &s.mcp.Status.Revisions[i]
+		switch {
+		case inUse != meshv1.RevisionUnused:
+			rs.UnusedSince = nil
+		case rs.InUse != meshv1.RevisionUnused || rs.UnusedSince == nil:
+			// Unused from now: the grace period before it is removed starts here.
+			rs.UnusedSince = &metav1.Time{Time: s.now.UTC().Truncate(time.Second)}
+		}
 		rs.InUse, rs.Pods, rs.Namespaces = inUse, ptr.To(int32(use.Pods)), ptr.To(int32(use.Namespaces))
 	}
 }
@@ -138,7 +154,11 @@ func (s *dataPlaneScope) fields() map[string]any {
 	for _, name := range s.revisions {
 		for _, rs := range s.mcp.Status.Revisions {
 			if rs.Name == name {
-				revs = append(revs, map[string]any{"name": name, "inUse": rs.InUse, "pods": rs.Pods, "namespaces": rs.Namespaces})
+				rev := map[string]any{"name": name, "inUse": rs.InUse, "pods": rs.Pods, "namespaces": rs.Namespaces}
+				if rs.UnusedSince != nil {
+					rev["unusedSince"] = rs.UnusedSince
+				}
+				revs = append(revs, rev)
 			}
 		}
 	}

@@ -141,7 +141,6 @@ func statusRecordingClient(t *testing.T, onWrite func()) client.Client {
 	mcp := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName, Generation: 1, UID: "u1"}}
 	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(mcp).WithStatusSubresource(mcp).
 		WithInterceptorFuncs(interceptor.Funcs{SubResourceApply: func(ctx context.Context, c client.Client, sub string, obj runtime.ApplyConfiguration, _ ...client.SubResourceApplyOption) error {
-			onWrite()
 			raw, err := json.Marshal(obj)
 			if err != nil {
 				return err
@@ -150,11 +149,18 @@ func statusRecordingClient(t *testing.T, onWrite func()) client.Client {
 			if err := json.Unmarshal(raw, &applied); err != nil {
 				return err
 			}
+			if meta.FindStatusCondition(applied.Status.Conditions, meshv1.ConditionSidecarsCurrent) != nil {
+				onWrite() // the data plane's status; the upgrade's (activeRevision) is not counted
+			}
 			cur := &meshv1.MeshControlPlane{}
 			if err := c.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, cur); err != nil {
 				return err
 			}
-			cur.Status.Injection, cur.Status.Revisions = applied.Status.Injection, applied.Status.Revisions
+			if applied.Status.ActiveRevision != "" {
+				cur.Status.ActiveRevision, cur.Status.Upgrade = applied.Status.ActiveRevision, applied.Status.Upgrade
+			} else {
+				cur.Status.Injection, cur.Status.Revisions = applied.Status.Injection, applied.Status.Revisions
+			}
 			for _, cond := range applied.Status.Conditions {
 				meta.SetStatusCondition(&cur.Status.Conditions, cond)
 			}

@@ -4,8 +4,11 @@ package controllers
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -14,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -61,6 +65,8 @@ type MeshControlPlaneReconciler struct {
 	// OperatorNamespace is where the operator runs: never a control-plane namespace.
 	// Empty when unknown.
 	OperatorNamespace string
+	// Clock tells when a revision's grace period ends; the real clock when nil.
+	Clock clock.PassiveClock
 
 	// crdGenerations remembers the generation of each CRD as Capstan last applied it.
 	// CRDs are cached as metadata only, so an edit to one shows as a new generation.
@@ -101,9 +107,35 @@ var specOrLifecycleChanged = predicate.Or(
 	predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{},
 	predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		return !slices.Equal(e.ObjectOld.GetFinalizers(), e.ObjectNew.GetFinalizers()) ||
-			e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero()
+			e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero() ||
+			revisionsChanged(e.ObjectOld, e.ObjectNew)
 	}},
 )
+
+// revisionsChanged says whether the status the install plans revisions from changed: the
+// active revision and the upgrade's phase (where the tags point), or a revision's use
+// (which decides when it is removed). The data-plane controller writes them.
+func revisionsChanged(old, updated client.Object) bool {
+	o, ok1 := old.(*meshv1.MeshControlPlane)
+	n, ok2 := updated.(*meshv1.MeshControlPlane)
+	if !ok1 || !ok2 {
+		return false
+	}
+	phase := func(m *meshv1.MeshControlPlane) string {
+		if m.Status.Upgrade == nil {
+			return ""
+		}
+		return m.Status.Upgrade.Phase + "/" + m.Status.Upgrade.To
+	}
+	use := func(m *meshv1.MeshControlPlane) string {
+		var b strings.Builder
+		for _, r := range m.Status.Revisions {
+			fmt.Fprintf(&b, "%s=%s@%v;", r.Name, r.InUse, r.UnusedSince)
+		}
+		return b.String()
+	}
+	return o.Status.ActiveRevision != n.Status.ActiveRevision || phase(o) != phase(n) || use(o) != use(n)
+}
 
 // crdDriftVisible passes the CRD updates in which Capstan can see drift: a new generation
 // (the spec was edited), or changed labels or annotations (see drifted). Everything else
@@ -138,6 +170,9 @@ func (r *MeshControlPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if s.released {
 		return res, err
 	}
+	if err == nil && res.IsZero() && !s.wake.IsZero() {
+		res.RequeueAfter = max(s.wake.Sub(r.clock().Now()), time.Second) // a revision's grace period ends
+	}
 	r.summarize(ctx, s)
 	if serr := r.patchStatus(ctx, s); serr != nil && err == nil {
 		err = serr
@@ -171,13 +206,13 @@ func (r *MeshControlPlaneReconciler) runPhases(ctx context.Context, s *scope, ph
 	return ctrl.Result{}, nil
 }
 
-// reconcileNormal is the life of a MeshControlPlane: plan and render every unit, read what
-// is installed, then apply, prune and observe.
+// reconcileNormal is the life of a MeshControlPlane: read what is installed, plan and
+// render every unit, then apply, prune and observe.
 func (r *MeshControlPlaneReconciler) reconcileNormal() []phase {
 	return []phase{
 		{"ensureFinalizer", meshv1.ReasonFinalizerFailed, r.ensureFinalizer},
-		{"plan", meshv1.ReasonRenderFailed, r.plan},
 		{"inventory", meshv1.ReasonInventoryFailed, r.inventory},
+		{"plan", meshv1.ReasonRenderFailed, r.plan},
 		{"ensureNamespace", meshv1.ReasonNamespaceFailed, r.ensureNamespace},
 		{"awaitCA", meshv1.ReasonCACheckFailed, r.awaitCA},
 		{"applyObjects", meshv1.ReasonApplyFailed, r.applyObjects},
@@ -223,13 +258,24 @@ func (r *MeshControlPlaneReconciler) patchStatus(ctx context.Context, s *scope) 
 	var revs []map[string]any
 	for _, r := range st.Revisions {
 		if r.Version != "" || r.Ready != nil {
-			revs = append(revs, map[string]any{"name": r.Name, "version": r.Version, "ready": r.Ready})
+			rev := map[string]any{"name": r.Name, "version": r.Version, "ready": r.Ready}
+			if len(r.Tags) > 0 {
+				rev["tags"] = r.Tags
+			}
+			revs = append(revs, rev)
 		}
 	}
 	if len(revs) > 0 {
 		fields["revisions"] = revs
 	}
 	return client.IgnoreNotFound(applyStatusFields(ctx, r.Client, s.mcp, apply.FieldManager, fields))
+}
+
+func (r *MeshControlPlaneReconciler) clock() clock.PassiveClock {
+	if r.Clock == nil {
+		return clock.RealClock{}
+	}
+	return r.Clock
 }
 
 func isCRD(k render.Kind) bool {

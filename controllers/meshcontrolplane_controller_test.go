@@ -28,10 +28,13 @@ import (
 
 var ctx = context.Background()
 
+// mcp is an in-place MeshControlPlane in namespace: the install, CA and data-plane specs
+// name istiod's objects as the in-place revision does. The canary upgrade's specs make
+// their own, RevisionBased.
 func mcp(namespace string) *meshv1.MeshControlPlane {
 	return &meshv1.MeshControlPlane{
 		ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName},
-		Spec:       meshv1.MeshControlPlaneSpec{Namespace: namespace},
+		Spec:       meshv1.MeshControlPlaneSpec{Namespace: namespace, Upgrade: &meshv1.UpgradeSpec{Strategy: meshv1.UpgradeInPlace}},
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	appsv1 "k8s.io/api/apps/v1"
@@ -73,6 +74,10 @@ type scope struct {
 	awaitingCA bool
 	// released is set once the finalizer is gone and the object may no longer exist.
 	released bool
+	// pruneRevisions are the revisions this reconcile removes; wake is when the next one
+	// may be removed (zero when no time alone does).
+	pruneRevisions []string
+	wake           time.Time
 }
 
 // failure is why the declared state cannot be reached, for the Degraded condition.
@@ -105,9 +110,30 @@ func (r *MeshControlPlaneReconciler) ensureFinalizer(ctx context.Context, s *sco
 }
 
 // plan turns the spec into units and renders each. It touches nothing in the cluster: a
-// spec the charts reject stops here, and what runs keeps running.
+// spec the charts reject stops here, and what runs keeps running. The revisions it plans
+// are those the spec and the upgrade under way ask for, and every other one installed
+// that is not yet to be removed: a revision no longer active goes once the data plane has
+// reported it unused for spec.upgrade.inactiveRevisionGracePeriod.
 func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Result, error) {
-	p, err := plan.For(&s.mcp.Spec)
+	in := plan.InstalledFrom(&s.mcp.Status)
+	for _, l := range s.live {
+		if _, known := in.Revisions[l.Revision]; installsIstiod(l.Inventory) && !known {
+			in.Revisions[l.Revision] = ""
+			if l.Revision == apply.DefaultRevision {
+				in.Revisions[l.Revision] = s.mcp.Status.Version
+			}
+		}
+	}
+	var wake time.Time
+	layout, err := plan.LayoutFor(&s.mcp.Spec, in)
+	if err == nil {
+		in.Prune, wake = plan.Prunable(layout, &s.mcp.Status, plan.GracePeriod(&s.mcp.Spec), r.clock().Now())
+		s.pruneRevisions = in.Prune
+	}
+	var p plan.Plan
+	if err == nil {
+		p, err = plan.For(&s.mcp.Spec, in)
+	}
 	if err == nil {
 		// Admission refuses these namespaces; an object stored before it did is refused here.
 		err = values.CheckNamespace(&s.mcp.Spec, r.OperatorNamespace)
@@ -116,13 +142,16 @@ func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Res
 		s.fail(meshv1.ReasonInvalidSpec, err, true)
 		return ctrl.Result{}, nil
 	}
-	s.plan, s.namespace = p, p.Namespace
+	s.plan = p
 	objs, err := p.Render(r.KubeVersion)
 	if err != nil {
 		s.fail(meshv1.ReasonRenderFailed, fmt.Errorf("spec.values or the typed fields give values Istio's charts reject (nothing was changed): %w", err), true)
 		return ctrl.Result{}, nil
 	}
 	s.desired = objs
+	if !wake.IsZero() {
+		s.wake = wake
+	}
 	return ctrl.Result{}, nil
 }
 
@@ -132,6 +161,7 @@ func (r *MeshControlPlaneReconciler) plan(_ context.Context, s *scope) (ctrl.Res
 // stored before the rule). Applying would start a second istiod without its CA, and
 // pruning would delete the running one.
 func (r *MeshControlPlaneReconciler) inventory(ctx context.Context, s *scope) (ctrl.Result, error) {
+	s.namespace = values.Namespace(&s.mcp.Spec)
 	live, err := r.listOwned(ctx)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -465,12 +495,23 @@ func (r *MeshControlPlaneReconciler) prune(ctx context.Context, s *scope) (ctrl.
 	for _, u := range s.plan.Units {
 		units = append(units, u.Key())
 	}
+	// A revision to remove is a unit planned with nothing in it: all its objects go, and
+	// only its own (its inventory labels name it).
+	for _, rev := range s.pruneRevisions {
+		units = append(units, apply.Unit{Component: render.Istiod.Name, Revision: rev})
+	}
+	var removed []apply.Ref
 	for _, ref := range apply.Prunable(desired, s.live, rankOf, apply.PruneOptions{Writer: apply.WriterInstall, Units: units, KeepCRDs: true}) {
 		if err := r.deleteRef(ctx, ref); err != nil {
 			return ctrl.Result{}, fmt.Errorf("pruning %s: %w", ref, err)
 		}
 		log.FromContext(ctx).Info("pruned", "object", ref.String())
 		s.applied = append(s.applied, ref)
+		removed = append(removed, ref)
+	}
+	if len(s.pruneRevisions) > 0 && len(removed) > 0 {
+		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, meshv1.ReasonRevisionPruned, "Prune",
+			"removed revision %s, unused for %s: %s", strings.Join(s.pruneRevisions, ", "), plan.GracePeriod(&s.mcp.Spec), describeRefs(removed))
 	}
 	return ctrl.Result{}, nil
 }
@@ -539,11 +580,27 @@ func (r *MeshControlPlaneReconciler) observe(ctx context.Context, s *scope) (ctr
 	s.mcp.Status.Components = components
 	var revisions []meshv1.RevisionStatus
 	for _, rev := range slices.Sorted(maps.Keys(istiodReady)) {
-		revisions = append(revisions, meshv1.RevisionStatus{Name: rev, Version: s.mcp.Status.Version, Ready: ptr.To(istiodReady[rev])})
+		revisions = append(revisions, r.revisionStatus(s, rev, istiodReady[rev]))
 	}
 	mergeRevisions(&s.mcp.Status, revisions)
 	s.observed = true
 	return ctrl.Result{}, nil
+}
+
+// revisionStatus is the install's view of one installed revision: its version and tags as
+// applied (the plan's, once applied; until then, as they were), and whether it is Ready.
+func (r *MeshControlPlaneReconciler) revisionStatus(s *scope, rev string, ready bool) meshv1.RevisionStatus {
+	st := meshv1.RevisionStatus{Name: rev, Ready: ptr.To(ready)}
+	if i := slices.IndexFunc(s.before.Status.Revisions, func(x meshv1.RevisionStatus) bool { return x.Name == rev }); i >= 0 {
+		st.Version, st.Tags = s.before.Status.Revisions[i].Version, s.before.Status.Revisions[i].Tags
+	}
+	if v, planned := s.plan.Layout.Versions[rev]; planned && s.failure == nil {
+		st.Version, st.Tags = v, s.plan.Layout.Tags[rev]
+	}
+	if st.Version == "" && rev == apply.DefaultRevision {
+		st.Version = s.mcp.Status.Version
+	}
+	return st
 }
 
 // mergeRevisions sets the install's fields (version, ready) of status.revisions to ours,
@@ -553,13 +610,13 @@ func mergeRevisions(st *meshv1.MeshControlPlaneStatus, ours []meshv1.RevisionSta
 	out := make([]meshv1.RevisionStatus, 0, len(ours))
 	for _, o := range ours {
 		if i := slices.IndexFunc(st.Revisions, func(r meshv1.RevisionStatus) bool { return r.Name == o.Name }); i >= 0 {
-			o.InUse, o.Pods, o.Namespaces = st.Revisions[i].InUse, st.Revisions[i].Pods, st.Revisions[i].Namespaces
+			o.InUse, o.Pods, o.Namespaces, o.UnusedSince = st.Revisions[i].InUse, st.Revisions[i].Pods, st.Revisions[i].Namespaces, st.Revisions[i].UnusedSince
 		}
 		out = append(out, o)
 	}
 	for _, r := range st.Revisions {
 		if !slices.ContainsFunc(ours, func(o meshv1.RevisionStatus) bool { return o.Name == r.Name }) && r.InUse != "" {
-			out = append(out, meshv1.RevisionStatus{Name: r.Name, InUse: r.InUse, Pods: r.Pods, Namespaces: r.Namespaces})
+			out = append(out, meshv1.RevisionStatus{Name: r.Name, InUse: r.InUse, Pods: r.Pods, Namespaces: r.Namespaces, UnusedSince: r.UnusedSince})
 		}
 	}
 	st.Revisions = out

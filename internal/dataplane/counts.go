@@ -209,6 +209,28 @@ func (c *Counts) StaleWorkloads() []StaleWorkload {
 	return out
 }
 
+// Namespace is what the counts hold of one namespace: whether it exists (as far as its
+// informer has told), the revision its labels select ("" when none), and its pods that
+// should carry that revision's sidecar (running or pending, not opted out), of which
+// current are those that do, current and not stale. It costs O(pods of the namespace).
+func (c *Counts) Namespace(name string) (known bool, rev string, pods, current int) {
+	e, ok := c.namespaces[name]
+	if !ok {
+		return false, "", 0, 0
+	}
+	for _, pe := range e.pods {
+		st := pe.st
+		if !st.counted || (!st.sidecar && !st.uninjected) {
+			continue
+		}
+		pods++
+		if st.sidecar && st.reason == "" {
+			current++
+		}
+	}
+	return e.known, e.target.Revision, pods, current
+}
+
 // MissingRevisions are the namespaces whose labels name a revision or tag that does not
 // exist, ordered by name.
 func (c *Counts) MissingRevisions() []MissingRevision {
@@ -312,6 +334,9 @@ func add(m map[string]int, k string, n int) {
 		delete(m, k)
 	}
 }
+
+// CompareRefs orders workloads by namespace, kind and name.
+func CompareRefs(a, b WorkloadRef) int { return compareRefs(a, b) }
 
 func compareRefs(a, b WorkloadRef) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))

@@ -56,10 +56,13 @@ type Plan struct {
 	Namespace string
 	// Version is the declared Istio version.
 	Version string
-	// Revision is the revision istiod runs as: apply.DefaultRevision for an in-place
-	// control plane.
+	// Revision is the active revision: the one namespaces are labelled for, and
+	// apply.DefaultRevision for an in-place control plane.
 	Revision string
-	// Units are the units, in the order they are installed: shared units first.
+	// Layout is the revisions the plan installs, and where the tags point.
+	Layout Revisions
+	// Units are the units, in the order they are installed: shared units first, then one
+	// istiod per revision, sorted by revision.
 	Units []Unit
 	// Stamps are, for each revision, what its injector stamps on every pod it injects (the
 	// Istio version and a hash of the proxy settings), so that a stale sidecar can be told
@@ -67,30 +70,75 @@ type Plan struct {
 	Stamps map[string]dataplane.Stamp
 }
 
-// For plans the control plane spec declares. A spec whose values cannot be built (a
-// version Capstan cannot install, raw values that are not an object, a key Capstan owns)
-// is a *values.FieldError naming the field.
-func For(spec *meshv1.MeshControlPlaneSpec) (Plan, error) {
-	p := Plan{Namespace: values.Namespace(spec), Version: spec.Version, Revision: apply.DefaultRevision}
+// For plans the control plane spec declares, given what is installed (Installed{} for a
+// new control plane). A spec whose values cannot be built (a version Capstan cannot
+// install, raw values that are not an object, a key Capstan owns, a switch to InPlace with
+// other revisions running) is a *values.FieldError naming the field.
+func For(spec *meshv1.MeshControlPlaneSpec, in Installed) (Plan, error) {
+	p := Plan{Namespace: values.Namespace(spec), Version: spec.Version}
 	if p.Version == "" {
 		p.Version = version.Embedded
 	}
-	shared, err := values.For(spec)
+	if _, err := values.For(spec); err != nil {
+		return Plan{}, err
+	}
+	l, err := LayoutFor(spec, in)
 	if err != nil {
 		return Plan{}, err
 	}
-	src, err := render.SourceFor(p.Version)
+	p.Layout, p.Revision = l, l.Active
+	p.Stamps = map[string]dataplane.Stamp{}
+	var newest string
+	var istiods []Unit
+	for _, rev := range slices.Sorted(maps.Keys(l.Versions)) {
+		v := l.Versions[rev]
+		shared, src, err := sharedValues(spec, v)
+		if err != nil {
+			return Plan{}, err
+		}
+		stamp := dataplane.Stamp{Version: v, ProxyConfig: proxyConfigHash(shared)}
+		p.Stamps[rev] = stamp
+		vals := stamped(revisionValues(shared, rev), stamp)
+		if tags := l.Tags[rev]; len(tags) > 0 {
+			list := make([]any, len(tags)) // values are JSON: a list is []any
+			for i, t := range tags {
+				list[i] = t
+			}
+			vals["revisionTags"] = list
+		}
+		istiods = append(istiods, Unit{Component: render.Istiod, Revision: rev, Namespace: p.Namespace, Version: v, Source: src, Values: vals})
+		if newest == "" || version.Less(newest, v) {
+			newest = v
+		}
+	}
+	// Base (the CRDs and the default validator) is shared: rendered once, from the newest
+	// charts installed, whose CRDs every older revision of the same minor reads, with the
+	// default validator pointing at the active revision.
+	shared, src, err := sharedValues(spec, newest)
 	if err != nil {
-		return Plan{}, &values.FieldError{Field: "spec.version", Detail: err.Error()}
+		return Plan{}, err
 	}
-	stamp := dataplane.Stamp{Version: p.Version, ProxyConfig: proxyConfigHash(shared)}
-	p.Stamps = map[string]dataplane.Stamp{p.Revision: stamp}
-	p.Units = []Unit{
-		{Component: render.Base, Namespace: p.Namespace, Version: p.Version, Source: src, Values: shared},
-		{Component: render.Istiod, Revision: p.Revision, Namespace: p.Namespace, Version: p.Version, Source: src,
-			Values: stamped(revisionValues(shared, p.Revision), stamp)},
+	if l.Active != apply.DefaultRevision {
+		shared = maps.Clone(shared)
+		shared["defaultRevision"] = l.Active
 	}
+	p.Units = append([]Unit{{Component: render.Base, Namespace: p.Namespace, Version: newest, Source: src, Values: shared}}, istiods...)
 	return p, nil
+}
+
+// sharedValues are the values of spec with the Istio version v, and the charts of v.
+func sharedValues(spec *meshv1.MeshControlPlaneSpec, v string) (values.Values, render.ChartSource, error) {
+	at := *spec
+	at.Version = v
+	shared, err := values.For(&at)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := render.SourceFor(v)
+	if err != nil {
+		return nil, nil, &values.FieldError{Field: "spec.version", Detail: err.Error()}
+	}
+	return shared, src, nil
 }
 
 // stamped are istiod's values with the injector told to stamp stamp on every pod it
@@ -179,20 +227,20 @@ func (p Plan) Render(kubeVersion string) ([]render.Object, error) {
 	return out, nil
 }
 
-// Warm renders the units of spec (the stored MeshControlPlane's, or nil when there is
-// none), which render's memo then holds: the charts are loaded and proved to render before
-// the first reconcile, which finds its renders ready. A spec that does not render (the
+// Warm renders the units of the stored MeshControlPlane (nil when there is none), which
+// render's memo then holds: the charts are loaded and proved to render before the first
+// reconcile, which finds its renders ready. A spec that does not render (the
 // controller reports why) is replaced by the empty spec, so the proof stands. A server
 // version of "" renders as Helm's default.
-func Warm(kubeVersion string, spec *meshv1.MeshControlPlaneSpec) error {
-	if spec != nil {
-		if p, err := For(spec); err == nil {
+func Warm(kubeVersion string, mcp *meshv1.MeshControlPlane) error {
+	if mcp != nil {
+		if p, err := For(&mcp.Spec, InstalledFrom(&mcp.Status)); err == nil {
 			if _, err := p.Render(kubeVersion); err == nil {
 				return nil
 			}
 		}
 	}
-	p, err := For(&meshv1.MeshControlPlaneSpec{})
+	p, err := For(&meshv1.MeshControlPlaneSpec{}, Installed{})
 	if err != nil {
 		return err
 	}

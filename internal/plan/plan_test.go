@@ -13,10 +13,13 @@ import (
 	"github.com/capstan-mesh/capstan/internal/values"
 )
 
+// inPlace is spec.upgrade for an in-place control plane.
+var inPlace = &meshv1.UpgradeSpec{Strategy: meshv1.UpgradeInPlace}
+
 // An in-place control plane is two units: base, shared by every revision, then istiod at
 // the default revision, both in the declared namespace, from the embedded charts.
 func TestForPlansBaseAndOneIstiod(t *testing.T) {
-	p, err := For(&meshv1.MeshControlPlaneSpec{Namespace: "mesh", Version: "1.31.0"})
+	p, err := For(&meshv1.MeshControlPlaneSpec{Namespace: "mesh", Version: "1.31.0", Upgrade: inPlace}, Installed{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +58,7 @@ func TestRevisionValuesAreTheUnits(t *testing.T) {
 }
 
 func TestForNamesTheFieldOfABadVersion(t *testing.T) {
-	_, err := For(&meshv1.MeshControlPlaneSpec{Version: "1.99.0"})
+	_, err := For(&meshv1.MeshControlPlaneSpec{Version: "1.99.0"}, Installed{})
 	var fe *values.FieldError
 	if !errors.As(err, &fe) || fe.Field != "spec.version" {
 		t.Fatalf("error %v, want a FieldError on spec.version", err)
@@ -64,7 +67,7 @@ func TestForNamesTheFieldOfABadVersion(t *testing.T) {
 
 // Render gives every unit's objects in one apply order, each labelled with its own unit.
 func TestRenderLabelsEachObjectWithItsUnit(t *testing.T) {
-	p, err := For(&meshv1.MeshControlPlaneSpec{})
+	p, err := For(&meshv1.MeshControlPlaneSpec{Upgrade: inPlace}, Installed{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +97,8 @@ func TestInjectorStampsVersionAndProxySettings(t *testing.T) {
 		if raw != "" {
 			spec.Values = &apiextensionsv1.JSON{Raw: []byte(raw)}
 		}
-		p, err := For(&spec)
+		spec.Upgrade = inPlace
+		p, err := For(&spec, Installed{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,10 +148,10 @@ func TestInjectorStampsVersionAndProxySettings(t *testing.T) {
 // TestWarmFallsBackToTheDefaults: a stored spec that cannot be planned does not keep the
 // operator from proving its charts render; one that can is what is warmed.
 func TestWarmFallsBackToTheDefaults(t *testing.T) {
-	if err := Warm("", &meshv1.MeshControlPlaneSpec{Version: "9.9.9"}); err != nil {
+	if err := Warm("", &meshv1.MeshControlPlane{Spec: meshv1.MeshControlPlaneSpec{Version: "9.9.9"}}); err != nil {
 		t.Errorf("a spec that cannot be planned: %v", err)
 	}
-	if err := Warm("", &meshv1.MeshControlPlaneSpec{Version: "1.31.0"}); err != nil {
+	if err := Warm("", &meshv1.MeshControlPlane{Spec: meshv1.MeshControlPlaneSpec{Version: "1.31.0"}}); err != nil {
 		t.Errorf("a stored spec: %v", err)
 	}
 	if err := Warm("", nil); err != nil {

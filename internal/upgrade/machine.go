@@ -423,3 +423,29 @@ func Progress(cfg Config, st State, max int) (done, total int, current []string)
 }
 
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// Assigned is the revision the upgrade has put namespace ns on, and whether it has one
+// for it: a namespace of a batch that began moving is on the new revision, one a rollback
+// moved back (or every one, after an abort) on the old; false for a namespace that is not
+// the upgrade's, or whose batch has not begun. The namespaces' labels are written from
+// this alone, so that they follow the persisted State and nothing else.
+func Assigned(cfg Config, st State, ns string) (string, bool) {
+	if cfg.BatchSize < 1 {
+		cfg.BatchSize = 1
+	}
+	i := slices.Index(st.Namespaces, ns)
+	if i < 0 || st.Phase == PhaseWaiting || st.Phase == "" {
+		return "", false
+	}
+	switch {
+	case st.Phase == PhaseAborted, st.Phase == PhaseRollingBack && st.Aborting, slices.Contains(st.RollBack, ns):
+		return st.From, true
+	case st.Phase == PhasePromoting, st.Phase == PhaseComplete:
+		return st.To, true
+	}
+	m := machine{cfg: cfg, st: st}
+	if slices.Contains(m.started(), ns) {
+		return st.To, true
+	}
+	return "", false
+}

@@ -385,3 +385,53 @@ func TestCrashBetweenEveryTwoSteps(t *testing.T) {
 		}
 	}
 }
+
+// The labels follow the persisted State alone: which namespaces a State puts on which
+// revision, in every phase.
+func TestAssigned(t *testing.T) {
+	cfg := canary() // batches of 3: a b c | d e f | g
+	st := Start(from, to, names, t0)
+	check := func(t *testing.T, st State, want map[string]string) {
+		t.Helper()
+		for _, n := range names {
+			got, ok := Assigned(cfg, st, n)
+			if w, assigned := want[n]; ok != assigned || got != w {
+				t.Errorf("%s: %q %t, want %q %t", n, got, ok, w, assigned)
+			}
+		}
+		if _, ok := Assigned(cfg, st, "not-the-upgrades"); ok {
+			t.Error("a namespace the upgrade does not move was assigned")
+		}
+	}
+	t.Run("waiting: none", func(t *testing.T) { check(t, st, nil) })
+	st.Phase = PhaseMigrating
+	t.Run("the first batch not begun: none", func(t *testing.T) { check(t, st, nil) })
+	st.BatchStartedAt = t0
+	t.Run("the first batch moving", func(t *testing.T) { check(t, st, map[string]string{"a": to, "b": to, "c": to}) })
+	st.Batch, st.BatchStartedAt, st.Phase = 1, time.Time{}, PhaseAwaitingPromotion
+	t.Run("awaiting promotion", func(t *testing.T) { check(t, st, map[string]string{"a": to, "b": to, "c": to}) })
+	st.Phase, st.BatchStartedAt = PhaseRollingBack, t0
+	st.RollBack = []string{"d", "e", "f"}
+	t.Run("the second batch rolling back", func(t *testing.T) {
+		check(t, st, map[string]string{"a": to, "b": to, "c": to, "d": from, "e": from, "f": from})
+	})
+	st.Phase = PhaseFailed
+	t.Run("failed", func(t *testing.T) {
+		check(t, st, map[string]string{"a": to, "b": to, "c": to, "d": from, "e": from, "f": from})
+	})
+	all := func(rev string) map[string]string {
+		m := map[string]string{}
+		for _, n := range names {
+			m[n] = rev
+		}
+		return m
+	}
+	st.Phase, st.RollBack = PhasePromoting, nil
+	t.Run("promoting: all on the new", func(t *testing.T) { check(t, st, all(to)) })
+	st.Phase = PhaseComplete
+	t.Run("complete: all on the new", func(t *testing.T) { check(t, st, all(to)) })
+	st.Phase, st.Aborting = PhaseRollingBack, true
+	t.Run("aborting: all on the old", func(t *testing.T) { check(t, st, all(from)) })
+	st.Phase = PhaseAborted
+	t.Run("aborted: all on the old", func(t *testing.T) { check(t, st, all(from)) })
+}

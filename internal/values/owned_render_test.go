@@ -19,7 +19,7 @@ import (
 // settings, not names or places.
 func installed(t *testing.T, v values.Values) []string {
 	t.Helper()
-	p, err := plan.For(&meshv1.MeshControlPlaneSpec{})
+	p, err := plan.For(&meshv1.MeshControlPlaneSpec{}, plan.Installed{})
 	if err != nil {
 		t.Fatal(err)
 	}

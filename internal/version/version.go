@@ -39,3 +39,19 @@ func Supported(v string) error {
 	}
 	return nil
 }
+
+// Less says whether version a is older than b; a version that does not parse is older
+// than every one that does.
+func Less(a, b string) bool {
+	amaj, amin, apat, aerr := Parse(a)
+	bmaj, bmin, bpat, berr := Parse(b)
+	switch {
+	case aerr != nil || berr != nil:
+		return aerr != nil && berr == nil
+	case amaj != bmaj:
+		return amaj < bmaj
+	case amin != bmin:
+		return amin < bmin
+	}
+	return apat < bpat
+}

@@ -72,10 +72,16 @@ func (Validator) ValidateDelete(context.Context, *meshv1.MeshControlPlane) (admi
 	return nil, nil
 }
 
-// oldestRunning is the oldest Istio version whose objects are applied ("" when none are).
-// With in-place upgrades that is status.version; canary upgrades will add revisions here.
+// oldestRunning is the oldest Istio version whose objects are applied ("" when none are):
+// status.version, or an older revision still installed beside it.
 func oldestRunning(m *meshv1.MeshControlPlane) string {
-	return m.Status.Version
+	oldest := m.Status.Version
+	for _, r := range m.Status.Revisions {
+		if r.Version != "" && (oldest == "" || version.Less(r.Version, oldest)) {
+			oldest = r.Version
+		}
+	}
+	return oldest
 }
 
 var versionPath = field.NewPath("spec", "version")

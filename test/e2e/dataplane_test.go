@@ -173,7 +173,7 @@ func patchMesh(ctx context.Context, change func(*meshv1.MeshControlPlane)) {
 // restart target ("revision/version/proxy-config") that spec makes.
 func stampOf(m *meshv1.MeshControlPlane) (dataplane.Stamp, string) {
 	GinkgoHelper()
-	p, err := plan.For(&m.Spec)
+	p, err := plan.For(&m.Spec, plan.InstalledFrom(&m.Status))
 	Expect(err).NotTo(HaveOccurred())
 	s := p.Stamps[p.Revision]
 	return s, p.Revision + "/" + s.Version + "/" + s.ProxyConfig

@@ -105,7 +105,7 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 
 		m := &meshv1.MeshControlPlane{}
 		Expect(k8s.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m)).To(Succeed())
-		p, err := plan.For(&m.Spec)
+		p, err := plan.For(&m.Spec, plan.InstalledFrom(&m.Status))
 		Expect(err).NotTo(HaveOccurred())
 		stamp := p.Stamps[p.Revision]
 

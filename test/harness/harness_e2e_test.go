@@ -105,7 +105,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := plan.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
+	p, err := plan.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system", Upgrade: &meshv1.UpgradeSpec{Strategy: meshv1.UpgradeInPlace}}, plan.Installed{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +309,7 @@ func startClusterWithIstioCharts(t *testing.T, ctx context.Context) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := plan.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system"})
+	p, err := plan.For(&meshv1.MeshControlPlaneSpec{Namespace: "istio-system", Upgrade: &meshv1.UpgradeSpec{Strategy: meshv1.UpgradeInPlace}}, plan.Installed{})
 	if err != nil {
 		t.Fatal(err)
 	}
