@@ -9,6 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -18,7 +19,8 @@ import (
 
 // The CRD's CEL rules, enforced by envtest's kube-apiserver from config/crd/bases: the
 // Helm values Capstan owns, which CEL sees only because the CRD declares them inside the
-// preserve-unknown-fields spec.values, and where the control plane may run.
+// preserve-unknown-fields spec.values, where the control plane may run, and the limits of
+// spec.upgrade.
 
 // rawAt is a spec.values document that sets one dotted path.
 func rawAt(path string, val any) map[string]any {
@@ -134,5 +136,93 @@ var _ = Describe("admission of what Capstan owns", func() {
 			Expect(m.Spec.Profile).To(Equal("demo"))
 			Expect(m.Spec.Namespace).To(Equal(values.DefaultNamespace))
 		})
+	})
+})
+
+// withUpgrade is a MeshControlPlane whose spec.upgrade is the raw document upgrade, as a
+// user's YAML would send it: the typed struct cannot carry a batchSize of 0 (omitempty).
+func withUpgrade(upgrade map[string]any) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"metadata": map[string]any{"name": meshv1.SingletonName},
+		"spec":     map[string]any{"namespace": "adm-create", "upgrade": upgrade},
+	}}
+	u.SetGroupVersionKind(meshv1.GroupVersion.WithKind("MeshControlPlane"))
+	return u
+}
+
+// fullUpgrade is a spec.upgrade that sets every field, each well inside its limits.
+func fullUpgrade() map[string]any {
+	return map[string]any{
+		"strategy": "RevisionBased",
+		"canary": map[string]any{
+			"batchSize":           int64(5),
+			"readinessTimeout":    "15m",
+			"pauseBetweenBatches": "2m30s",
+			"autoPromote":         true,
+			"rollbackOnFailure":   false,
+		},
+		"promote":                     "2026-06-01T10:00:00Z",
+		"abort":                       "2026-06-01T11:00:00Z",
+		"inactiveRevisionGracePeriod": "24h",
+	}
+}
+
+var _ = Describe("admission of spec.upgrade", func() {
+	DescribeTable("refuses an upgrade outside its limits, naming the field and why",
+		func(upgrade map[string]any, field, why string) {
+			err := k8sClient.Create(ctx, withUpgrade(upgrade), client.DryRunAll)
+			Expect(err).To(HaveOccurred())
+			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want Invalid, got %v", err)
+			Expect(err.Error()).To(ContainSubstring(field + ": "))
+			Expect(err.Error()).To(ContainSubstring(why))
+		},
+		Entry("a batch of no namespaces would never move one",
+			map[string]any{"canary": map[string]any{"batchSize": int64(0)}},
+			"spec.upgrade.canary.batchSize", "should be greater than or equal to 1"),
+		// The three duration limits are CEL rules on their parent object: the apiserver puts
+		// the error at the parent, and the rule's message names the field itself.
+		Entry("a readiness timeout under 10s fails every batch before its pods can be Ready",
+			map[string]any{"canary": map[string]any{"readinessTimeout": "5s"}},
+			"spec.upgrade.canary", "spec.upgrade.canary.readinessTimeout: must be at least 10s; restarted pods need time to become Ready"),
+		Entry("a negative pause between batches",
+			map[string]any{"canary": map[string]any{"pauseBetweenBatches": "-1m"}},
+			"spec.upgrade.canary", "spec.upgrade.canary.pauseBetweenBatches: must not be negative"),
+		Entry("a negative grace period for inactive revisions",
+			map[string]any{"inactiveRevisionGracePeriod": "-10m"},
+			"spec.upgrade", "spec.upgrade.inactiveRevisionGracePeriod: must not be negative"),
+		Entry("a strategy Capstan does not know",
+			map[string]any{"strategy": "BlueGreen"},
+			"spec.upgrade.strategy", `Unsupported value: "BlueGreen": supported values: "RevisionBased", "InPlace"`),
+	)
+
+	DescribeTable("admits an upgrade within its limits, and keeps every field",
+		func(upgrade map[string]any) {
+			u := withUpgrade(upgrade)
+			Expect(k8sClient.Create(ctx, u, client.DryRunAll)).To(Succeed())
+			got, _, err := unstructured.NestedMap(u.Object, "spec", "upgrade")
+			Expect(err).NotTo(HaveOccurred())
+			Expect(got).To(Equal(upgrade))
+		},
+		Entry("a full spec.upgrade", fullUpgrade()),
+		Entry("the limits themselves: batches of one, a 10s readiness timeout, no pause, no grace period",
+			map[string]any{
+				"strategy": "InPlace",
+				"canary": map[string]any{
+					"batchSize":           int64(1),
+					"readinessTimeout":    "10s",
+					"pauseBetweenBatches": "0s",
+					"autoPromote":         false,
+					"rollbackOnFailure":   true,
+				},
+				"inactiveRevisionGracePeriod": "0s",
+			}),
+	)
+
+	It("defaults a canary to batches of one namespace, rolled back on failure", func() {
+		u := withUpgrade(map[string]any{"canary": map[string]any{}})
+		Expect(k8sClient.Create(ctx, u, client.DryRunAll)).To(Succeed())
+		canary, _, err := unstructured.NestedMap(u.Object, "spec", "upgrade", "canary")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(canary).To(Equal(map[string]any{"batchSize": int64(1), "rollbackOnFailure": true}))
 	})
 })

@@ -290,6 +290,13 @@ func TestBuildDescriptors(t *testing.T) {
 		{"security.ca.rotation.automatic", []string{"urn:alm:descriptor:com.tectonic.ui:booleanSwitch"}},
 		{"injection.rollout.restartStaleWorkloads", []string{select_ + "Never", select_ + "OnUpgrade", select_ + "Always"}},
 		{"injection.namespaceSelector", []string{"urn:alm:descriptor:com.tectonic.ui:selector:core:v1:Namespace"}},
+		{"upgrade.strategy", []string{select_ + "RevisionBased", select_ + "InPlace"}},
+		{"upgrade.canary.batchSize", []string{"urn:alm:descriptor:com.tectonic.ui:number"}},
+		{"upgrade.canary.autoPromote", []string{"urn:alm:descriptor:com.tectonic.ui:booleanSwitch"}},
+		{"upgrade.canary.rollbackOnFailure", []string{"urn:alm:descriptor:com.tectonic.ui:booleanSwitch"}},
+		{"upgrade.canary.readinessTimeout", []string{"urn:alm:descriptor:com.tectonic.ui:text", "urn:alm:descriptor:com.tectonic.ui:advanced"}},
+		{"upgrade.canary.pauseBetweenBatches", []string{"urn:alm:descriptor:com.tectonic.ui:text", "urn:alm:descriptor:com.tectonic.ui:advanced"}},
+		{"upgrade.inactiveRevisionGracePeriod", []string{"urn:alm:descriptor:com.tectonic.ui:text", "urn:alm:descriptor:com.tectonic.ui:advanced"}},
 	} {
 		if got := byPath[tc.path]; !slices.Equal(got, tc.want) {
 			t.Errorf("%s: x-descriptors %q, want %q", tc.path, got, tc.want)
@@ -299,10 +306,13 @@ func TestBuildDescriptors(t *testing.T) {
 	for _, d := range owned.StatusDescriptors {
 		status = append(status, d.Path)
 	}
-	if want := []string{"conditions", "version", "components", "ca.type", "ca.phase", "ca.rootExpiry", "ca.intermediateExpiry",
+	// The upgrade's progress is shown; the fields that only let Capstan resume it are not.
+	if want := []string{"conditions", "version", "activeRevision", "components", "ca.type", "ca.phase", "ca.rootExpiry", "ca.intermediateExpiry",
 		"ca.nextAction", "ca.nextActionReason", "ca.rotationReason",
 		"injection.meshedNamespaces", "injection.injectedPods", "injection.uninjectedPods", "injection.stalePods",
-		"injection.restartsInProgress", "revisions", "observedGeneration"}; !slices.Equal(status, want) {
+		"injection.restartsInProgress", "revisions",
+		"upgrade.phase", "upgrade.from", "upgrade.batchesDone", "upgrade.currentBatch", "upgrade.startedAt", "upgrade.message",
+		"observedGeneration"}; !slices.Equal(status, want) {
 		t.Errorf("status descriptors %q, want %q", status, want)
 	}
 }
