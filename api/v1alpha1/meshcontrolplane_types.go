@@ -135,6 +135,8 @@ type UpgradeSpec struct {
 	// InactiveRevisionGracePeriod is how long a revision that is no longer active must be
 	// unused (no pod runs its sidecar, no namespace or tag selects it) before it is
 	// removed. Default 1h.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^-?([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +optional
 	InactiveRevisionGracePeriod *metav1.Duration `json:"inactiveRevisionGracePeriod,omitempty"`
 }
@@ -153,11 +155,15 @@ type CanarySpec struct {
 
 	// ReadinessTimeout is how long the pods of a batch have to be Ready on the new
 	// revision; a batch that takes longer has failed. Default 10m.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^-?([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +optional
 	ReadinessTimeout *metav1.Duration `json:"readinessTimeout,omitempty"`
 
 	// PauseBetweenBatches is the least time between one batch being done and the next
 	// starting.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^-?([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +optional
 	PauseBetweenBatches *metav1.Duration `json:"pauseBetweenBatches,omitempty"`
 
@@ -427,14 +433,16 @@ type UpgradeStatus struct {
 	// Phase is WaitingForRevision, Migrating, AwaitingPromotion, Promoting, RollingBack,
 	// Complete, Failed or Aborted.
 	Phase string `json:"phase"`
-	// From and To are the old and the new revision.
+	// From is the old revision, active until the upgrade completes.
 	From string `json:"from"`
-	To   string `json:"to"`
+	// To is the new revision, the one spec.version runs as.
+	To string `json:"to"`
 	// StartedAt is when the upgrade began.
 	StartedAt metav1.Time `json:"startedAt"`
-	// BatchesDone of BatchesTotal have moved.
+	// BatchesDone is how many batches of namespaces have moved.
 	// +optional
 	BatchesDone int32 `json:"batchesDone,omitempty"`
+	// BatchesTotal is how many batches the upgrade moves.
 	// +optional
 	BatchesTotal int32 `json:"batchesTotal,omitempty"`
 	// CurrentBatch are the namespaces moving now (at most 10 shown).
@@ -470,9 +478,10 @@ type UpgradeStatus struct {
 	// Failure says what failed.
 	// +optional
 	Failure string `json:"failure,omitempty"`
-	// HandledPromote and HandledAbort are the last spec.upgrade.promote and abort acted on.
+	// HandledPromote is the last spec.upgrade.promote acted on.
 	// +optional
 	HandledPromote *metav1.Time `json:"handledPromote,omitempty"`
+	// HandledAbort is the last spec.upgrade.abort acted on.
 	// +optional
 	HandledAbort *metav1.Time `json:"handledAbort,omitempty"`
 }

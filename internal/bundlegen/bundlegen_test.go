@@ -311,7 +311,7 @@ func TestBuildDescriptors(t *testing.T) {
 		"ca.nextAction", "ca.nextActionReason", "ca.rotationReason",
 		"injection.meshedNamespaces", "injection.injectedPods", "injection.uninjectedPods", "injection.stalePods",
 		"injection.restartsInProgress", "revisions",
-		"upgrade.phase", "upgrade.from", "upgrade.batchesDone", "upgrade.currentBatch", "upgrade.startedAt", "upgrade.message",
+		"upgrade.phase", "upgrade.from", "upgrade.to", "upgrade.batchesDone", "upgrade.batchesTotal", "upgrade.currentBatch", "upgrade.startedAt", "upgrade.message",
 		"observedGeneration"}; !slices.Equal(status, want) {
 		t.Errorf("status descriptors %q, want %q", status, want)
 	}

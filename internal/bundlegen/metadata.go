@@ -223,13 +223,12 @@ var meshControlPlaneStatusFields = []field{
 	// The canary upgrade's progress (the Upgrading condition is among the conditions).
 	// The fields Capstan keeps to resume an upgrade after a restart (namespaces, batch,
 	// batchStartedAt, batchDoneAt, rollBack, aborting, failure, handledPromote,
-	// handledAbort) are its own bookkeeping, not shown. Nor, for now, are to and
-	// batchesTotal: the API documents them in one comment with from and batchesDone, so
-	// the schema gives them no description and descriptor refuses them. They belong here
-	// once api/v1alpha1 gives each its own comment.
+	// handledAbort) are its own bookkeeping, not shown.
 	{Path: "upgrade.phase", DisplayName: "Upgrade phase", XDescriptors: []string{xStatusText}},
 	{Path: "upgrade.from", DisplayName: "Upgrading from revision", XDescriptors: []string{xStatusText}},
+	{Path: "upgrade.to", DisplayName: "Upgrading to revision", XDescriptors: []string{xStatusText}},
 	{Path: "upgrade.batchesDone", DisplayName: "Upgrade batches done", XDescriptors: []string{xStatusText}},
+	{Path: "upgrade.batchesTotal", DisplayName: "Upgrade batches in all", XDescriptors: []string{xStatusText}},
 	{Path: "upgrade.currentBatch", DisplayName: "Namespaces moving now", XDescriptors: []string{xStatusText}},
 	{Path: "upgrade.startedAt", DisplayName: "Upgrade started", XDescriptors: []string{xStatusText}},
 	{Path: "upgrade.message", DisplayName: "Upgrade message", XDescriptors: []string{xStatusText}},
