@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
@@ -101,6 +102,9 @@ type DataPlaneReconciler struct {
 	labelledFor       string
 	// restartsInProgress is the restart plan's last count, for the gauge; mu guards it.
 	restartsInProgress int
+	// upgradeWritten is the upgrade's last status write until the cache shows it; mu
+	// guards it.
+	upgradeWritten *writtenUpgrade
 	// lastWrite is when the status was last written. Only the reconcile touches it, and a
 	// controller runs one reconcile at a time.
 	lastWrite time.Time
@@ -123,7 +127,7 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.workloads = c
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("dataplane").
-		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, readinessChanged))).
+		For(&meshv1.MeshControlPlane{}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, readinessChanged, upgradeInputsChanged))).
 		WatchesMetadata(metadataOf(podGVK), r.podEvents()).
 		WatchesMetadata(metadataOf(namespaceGVK), r.namespaceEvents()).
 		WatchesRawSource(source.Kind(c, &appsv1.Deployment{}, workloadEvents[*appsv1.Deployment](r))).
@@ -144,6 +148,34 @@ var readinessChanged = predicate.Funcs{
 		return ok1 && ok2 && (restartHold(o) != restartHold(n))
 	},
 	GenericFunc: func(event.GenericEvent) bool { return false },
+}
+
+// upgradeInputsChanged passes a MeshControlPlane whose status changed in what the canary
+// upgrade reads and the install writes: which revisions are installed, Ready and tagged
+// (the tags reach a revision only once the install has applied them), and the CA's
+// conditions (a pre-upgrade check).
+var upgradeInputsChanged = predicate.Funcs{
+	CreateFunc: func(event.CreateEvent) bool { return false },
+	DeleteFunc: func(event.DeleteEvent) bool { return false },
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*meshv1.MeshControlPlane)
+		n, ok2 := e.ObjectNew.(*meshv1.MeshControlPlane)
+		return ok1 && ok2 && upgradeInputs(o) != upgradeInputs(n)
+	},
+	GenericFunc: func(event.GenericEvent) bool { return false },
+}
+
+func upgradeInputs(m *meshv1.MeshControlPlane) string {
+	var b strings.Builder
+	for _, r := range m.Status.Revisions {
+		fmt.Fprintf(&b, "%s=%s:%t:%v;", r.Name, r.Version, r.Ready != nil && *r.Ready, r.Tags)
+	}
+	for _, t := range []string{meshv1.ConditionCAReady, meshv1.ConditionCARotating} {
+		if c := meta.FindStatusCondition(m.Status.Conditions, t); c != nil {
+			fmt.Fprintf(&b, "%s=%s;", t, c.Status)
+		}
+	}
+	return b.String()
 }
 
 // workloadEvents feeds the restart memory from the restart cache, and enqueues the one
@@ -226,6 +258,7 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, err
 	}
 	s := &dataPlaneScope{mcp: mcp, before: mcp.DeepCopy(), now: r.Clock.Now()}
+	r.catchUpUpgrade(s)
 	r.observe(s)
 	if s.hasDesired && s.planErr == nil && mcp.DeletionTimestamp.IsZero() {
 		s.upgrade = upgradeOf(s)

@@ -161,7 +161,7 @@ type restartMemory struct {
 	// (as this process saw it).
 	tracked map[dataplane.WorkloadRef]*trackedRestart
 	// written holds the restarts this process wrote that the cache has not shown yet.
-	written map[dataplane.WorkloadRef]time.Time
+	written map[dataplane.WorkloadRef]writtenRestart
 	// refused holds, per workload, a refused restart's target, message and retry time.
 	refused map[dataplane.WorkloadRef]refusal
 	// timeoutsReported are the restarts (by their time) whose timeout was told in an Event.
@@ -174,6 +174,12 @@ type trackedRestart struct {
 	completedAt time.Time
 }
 
+// writtenRestart is a restart this process wrote: when, and for which target.
+type writtenRestart struct {
+	at     time.Time
+	target string
+}
+
 type refusal struct {
 	target, message string
 	until           time.Time
@@ -181,7 +187,7 @@ type refusal struct {
 
 func newRestartMemory() restartMemory {
 	return restartMemory{
-		tracked: map[dataplane.WorkloadRef]*trackedRestart{}, written: map[dataplane.WorkloadRef]time.Time{},
+		tracked: map[dataplane.WorkloadRef]*trackedRestart{}, written: map[dataplane.WorkloadRef]writtenRestart{},
 		refused: map[dataplane.WorkloadRef]refusal{}, timeoutsReported: map[dataplane.WorkloadRef]time.Time{},
 	}
 }
@@ -203,7 +209,7 @@ func (m *restartMemory) track(ref dataplane.WorkloadRef, obj client.Object, now 
 		delete(m.tracked, ref)
 		return false
 	}
-	if w, ok := m.written[ref]; ok && !rs.At.Before(w) {
+	if w, ok := m.written[ref]; ok && !rs.At.Before(w.at) {
 		delete(m.written, ref) // the cache has caught up with the write
 	}
 	t := m.tracked[ref]
@@ -225,7 +231,7 @@ func (m *restartMemory) track(ref dataplane.WorkloadRef, obj client.Object, now 
 // the restart this process wrote that the cache has not shown yet (zero if none).
 type restartCandidate struct {
 	dataplane.Workload
-	writtenAt time.Time
+	written writtenRestart
 }
 
 // restartCandidates are every workload with stale pods, and every tracked restart that is
@@ -251,7 +257,7 @@ func (r *DataPlaneReconciler) restartCandidates(p dataplane.Policy, stale []data
 	}
 	out := make([]restartCandidate, 0, len(byRef))
 	for ref, sw := range byRef {
-		c := restartCandidate{Workload: dataplane.Workload{StaleWorkload: sw}, writtenAt: r.restarts.written[ref]}
+		c := restartCandidate{Workload: dataplane.Workload{StaleWorkload: sw}, written: r.restarts.written[ref]}
 		if t := r.restarts.tracked[ref]; t != nil {
 			c.CompletedAt = t.completedAt
 		}
@@ -293,15 +299,22 @@ func (r *DataPlaneReconciler) restartInputs(ctx context.Context, p dataplane.Pol
 		versions[ref] = obj.GetResourceVersion()
 		st, _ := stateOf(obj)
 		w.Annotations, w.GenerationObserved, w.RolloutComplete = st.annotations, st.observed, st.complete
-		if !c.writtenAt.IsZero() {
+		if cached, err := dataplane.RestartStateOf(st.annotations); !c.written.at.IsZero() && (err != nil || cached.At.Before(c.written.at)) {
 			// The cache has not shown this process's own restart yet: take what was written.
 			w.Annotations = maps.Clone(w.Annotations)
 			if w.Annotations == nil {
 				w.Annotations = map[string]string{}
 			}
-			w.Annotations[dataplane.RestartedAtAnnotation] = c.writtenAt.UTC().Format(time.RFC3339)
-			w.Annotations[dataplane.RestartedForAnnotation] = w.Target
+			w.Annotations[dataplane.RestartedAtAnnotation] = c.written.at.UTC().Format(time.RFC3339)
+			w.Annotations[dataplane.RestartedForAnnotation] = c.written.target
 			w.GenerationObserved, w.RolloutComplete = false, false
+		} else if !c.written.at.IsZero() {
+			// It has, though its event may have come before the write was remembered.
+			r.mu.Lock()
+			if r.restarts.written[ref] == c.written {
+				delete(r.restarts.written, ref)
+			}
+			r.mu.Unlock()
 		}
 		if st.onDelete && w.CannotRestart == "" {
 			w.CannotRestart = "its updateStrategy is OnDelete, so a restart replaces no pod; delete its pods to give them a current sidecar"
@@ -487,8 +500,10 @@ func (r *DataPlaneReconciler) restart(ctx context.Context, a dataplane.Action, r
 		return err
 	}
 	r.mu.Lock()
-	r.restarts.written[a.Workload] = a.At
-	r.restarts.tracked[a.Workload] = &trackedRestart{at: a.At}
+	r.restarts.written[a.Workload] = writtenRestart{at: a.At, target: a.For}
+	if t := r.restarts.tracked[a.Workload]; t == nil || t.at.Before(a.At) {
+		r.restarts.tracked[a.Workload] = &trackedRestart{at: a.At}
+	}
 	r.mu.Unlock()
 	return nil
 }

@@ -210,22 +210,30 @@ func rolledOut(obj client.Object) {
 	}).Should(Succeed())
 }
 
-// stampedPod creates pod <workload>-<suffix> of a workload, running, with a sidecar of
-// the default revision stamped with s, as istiod's injector would write it. It must be
-// created before its namespace is labelled for injection, or in a namespace that is not:
-// nothing serves the injection webhook here.
+// stampedPod creates pod <workload>-<suffix> of a workload in rs-mesh, running, with a
+// sidecar of the default revision stamped with s, as istiod's injector would write it.
 func stampedPod(kind, workload, suffix string, s dataplane.Stamp) {
 	GinkgoHelper()
-	st, err := json.Marshal(map[string]string{"revision": "default"})
+	injectedPod("rs-mesh", "default", kind, workload, suffix, s)
+}
+
+// injectedPod creates pod <workload>-<suffix> of a workload in namespace ns, running, with
+// a sidecar of revision rev stamped with s, as that revision's injector would write it.
+// Nothing serves the injection webhooks Capstan installs here, and they fail closed: the
+// pod is created opted out of injection (which they do not call for), and the opt-out is
+// removed at once (they see only creations).
+func injectedPod(ns, rev, kind, workload, suffix string, s dataplane.Stamp) {
+	GinkgoHelper()
+	st, err := json.Marshal(map[string]string{"revision": rev})
 	Expect(err).NotTo(HaveOccurred())
 	owner := metav1.OwnerReference{APIVersion: "apps/v1", Kind: kind, Name: workload, UID: types.UID("uid-" + workload), Controller: ptr.To(true)}
-	labels := map[string]string{"app": workload}
+	labels := map[string]string{"app": workload, revision.InjectLabel: "false"}
 	if kind == "Deployment" {
 		const hash = "7f9c6d5b8"
 		owner.Kind, owner.Name, labels["pod-template-hash"] = "ReplicaSet", workload+"-"+hash, hash
 	}
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "rs-mesh", Name: fmt.Sprintf("%s-%s", workload, suffix), Labels: labels,
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("%s-%s", workload, suffix), Labels: labels,
 			OwnerReferences: []metav1.OwnerReference{owner},
 			Annotations: map[string]string{revision.StatusAnnotation: string(st),
 				dataplane.ProxyVersionAnnotation: s.Version, dataplane.ProxyConfigAnnotation: s.ProxyConfig}},
@@ -233,6 +241,7 @@ func stampedPod(kind, workload, suffix string, s dataplane.Stamp) {
 			AutomountServiceAccountToken: ptr.To(false)},
 	}
 	Expect(k8sClient.Create(ctx, p)).To(Succeed())
+	Expect(k8sClient.Patch(ctx, p, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"`+revision.InjectLabel+`":null}}}`)))).To(Succeed())
 	setPhase(p, corev1.PodRunning)
 }
 

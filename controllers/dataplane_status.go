@@ -101,8 +101,12 @@ func (s *dataPlaneScope) summarize() {
 }
 
 // summarizeRevisions sets, on each installed revision's entry of status.revisions, what
-// uses it. Its version and readiness are the install's to write.
+// uses it. Its version and readiness are the install's to write; an entry the install no
+// longer writes (the revision was removed) goes.
 func (s *dataPlaneScope) summarizeRevisions() {
+	s.mcp.Status.Revisions = slices.DeleteFunc(s.mcp.Status.Revisions, func(r meshv1.RevisionStatus) bool {
+		return r.Version == "" && r.Ready == nil && !slices.Contains(s.revisions, r.Name)
+	})
 	for _, name := range s.revisions {
 		use := s.uses.ByRevision[name]
 		inUse := meshv1.RevisionUnused

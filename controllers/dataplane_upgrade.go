@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -124,6 +125,38 @@ func (u *upgradeRun) revisionFor(ns, active string) string {
 		}
 	}
 	return active
+}
+
+// writtenUpgrade is what this process last wrote of the upgrade's status. Only the
+// upgrade writes status.upgrade and status.activeRevision, so until the cache shows it,
+// the cache is behind: a reconcile that read the object before the write landed must not
+// act on the State before it (it would label namespaces back for a step already taken).
+type writtenUpgrade struct {
+	uid     types.UID
+	upgrade *meshv1.UpgradeStatus
+	active  string
+}
+
+// catchUpUpgrade puts into s what this process wrote of the upgrade when the cached
+// object does not show it yet, and forgets the write once it does.
+func (r *DataPlaneReconciler) catchUpUpgrade(s *dataPlaneScope) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.upgradeWritten
+	if w == nil {
+		return
+	}
+	st := &s.mcp.Status
+	switch {
+	case w.uid != s.mcp.UID:
+		r.upgradeWritten = nil // another MeshControlPlane: that write was not its
+	case st.ActiveRevision == w.active && equality.Semantic.DeepEqual(st.Upgrade, w.upgrade):
+		r.upgradeWritten = nil // the cache has caught up
+	default:
+		for _, m := range []*meshv1.MeshControlPlane{s.mcp, s.before} {
+			m.Status.Upgrade, m.Status.ActiveRevision = w.upgrade.DeepCopy(), w.active
+		}
+	}
 }
 
 // upgradeOf is the migration as persisted in status.upgrade: what the namespace labels and
@@ -262,10 +295,12 @@ func (r *DataPlaneReconciler) observeUpgrade(s *dataPlaneScope, st upgrade.State
 	}
 	// Pods still waiting for their restart onto the namespace's revision, per namespace.
 	waiting, failing := map[string]int{}, map[string][]string{}
+	waitingFor := map[string][]string{}
 	for _, it := range items {
 		switch it.Status {
 		case dataplane.StatusRestarting, dataplane.StatusQueued, dataplane.StatusWaitingForPDB, dataplane.StatusStaleAfterRestart:
 			waiting[it.Namespace] += max(it.Pods, 1)
+			waitingFor[it.Namespace] = append(waitingFor[it.Namespace], fmt.Sprintf("%s (%s)", it.WorkloadRef, it.Status))
 		case dataplane.StatusTimedOut:
 			failing[it.Namespace] = append(failing[it.Namespace], it.Message)
 		}
@@ -278,7 +313,7 @@ func (r *DataPlaneReconciler) observeUpgrade(s *dataPlaneScope, st upgrade.State
 			continue // deleted: done
 		}
 		ready := max(min(current, pods-waiting[n]), 0)
-		obs.Namespaces[n] = upgrade.Namespace{Revision: rev, Pods: pods, Ready: ready, Failing: failing[n]}
+		obs.Namespaces[n] = upgrade.Namespace{Revision: rev, Pods: pods, Ready: ready, Waiting: waitingFor[n], Failing: failing[n]}
 	}
 	return obs
 }
@@ -347,6 +382,9 @@ func (r *DataPlaneReconciler) persistUpgrade(ctx context.Context, s *dataPlaneSc
 	if err := client.IgnoreNotFound(applyStatusFields(ctx, r.Client, s.mcp, UpgradeFieldManager, fields)); err != nil {
 		return fmt.Errorf("writing the upgrade's status: %w", err)
 	}
+	r.mu.Lock()
+	r.upgradeWritten = &writtenUpgrade{uid: s.mcp.UID, upgrade: u, active: active}
+	r.mu.Unlock()
 	s.mcp.Status.Upgrade, s.mcp.Status.ActiveRevision = u, active
 	setCondition(s.mcp, meshv1.ConditionUpgrading, status, reason, msg)
 	s.before.Status.Upgrade, s.before.Status.ActiveRevision = u, active

@@ -87,12 +87,19 @@ func deleteMCPAndWait() {
 }
 
 // markAvailable writes the status the Deployment controller would write once every
-// replica runs: envtest has no controller-manager.
+// replica of the in-place istiod runs: envtest has no controller-manager.
 func markAvailable(namespace string) {
+	GinkgoHelper()
+	markDeploymentAvailable(namespace, "istiod")
+}
+
+// markDeploymentAvailable is markAvailable for Deployment name, such as a revision's
+// istiod-<revision>.
+func markDeploymentAvailable(namespace, name string) {
 	GinkgoHelper()
 	Eventually(func(g Gomega) {
 		d := &appsv1.Deployment{}
-		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "istiod"}, d)).To(Succeed())
+		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, d)).To(Succeed())
 		n := ptr.Deref(d.Spec.Replicas, 1)
 		d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
 		g.Expect(k8sClient.Status().Update(ctx, d)).To(Succeed())

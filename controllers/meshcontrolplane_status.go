@@ -114,6 +114,9 @@ func (r *MeshControlPlaneReconciler) recordChanges(s *scope) {
 	switch {
 	case prev == "":
 		r.Recorder.Eventf(mcp, nil, corev1.EventTypeNormal, meshv1.ReasonInstalled, "Install", "installed Istio %s: %d objects applied", mcp.Status.Version, len(s.applied))
+	case prev != mcp.Status.Version && s.plan.Layout.Upgrading:
+		r.Recorder.Eventf(mcp, nil, corev1.EventTypeNormal, meshv1.ReasonUpgraded, "Upgrade", "installed Istio %s as revision %s beside revision %s, which stays active until the workloads have moved (status.upgrade): %d objects applied",
+			mcp.Status.Version, s.plan.Layout.Target, s.plan.Layout.Active, len(s.applied))
 	case prev != mcp.Status.Version:
 		r.Recorder.Eventf(mcp, nil, corev1.EventTypeNormal, meshv1.ReasonUpgraded, "Upgrade", "upgraded Istio in place from %s to %s: %d objects applied", prev, mcp.Status.Version, len(s.applied))
 	case len(s.repaired) > 0:

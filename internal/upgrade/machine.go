@@ -103,8 +103,9 @@ type Namespace struct {
 	// Pods are its running pods that should carry a sidecar, and Ready those of them that
 	// are Ready with a current sidecar of Revision.
 	Pods, Ready int
-	// Failing names its workloads that crash-loop or whose restart failed, with why.
-	Failing []string
+	// Waiting names its workloads not yet Ready on Revision (restarting, or queued), for
+	// the message; Failing those that crash-loop or whose restart failed, with why.
+	Waiting, Failing []string
 }
 
 // done says whether every pod of the namespace is Ready on rev.
@@ -387,6 +388,8 @@ func (m *machine) progress(names []string, rev string) (waiting, failing []strin
 		case !ok || ns.done(rev):
 		case len(ns.Failing) > 0:
 			failing = append(failing, fmt.Sprintf("namespace %s: %s", n, strings.Join(ns.Failing, ", ")))
+		case len(ns.Waiting) > 0:
+			waiting = append(waiting, fmt.Sprintf("namespace %s (%d of %d pods Ready; waiting for %s)", n, ns.Ready, ns.Pods, strings.Join(ns.Waiting, ", ")))
 		default:
 			waiting = append(waiting, fmt.Sprintf("namespace %s (%d of %d pods Ready)", n, ns.Ready, ns.Pods))
 		}
