@@ -212,6 +212,9 @@ k get meshcontrolplane default -o jsonpath='{range .status.conditions[*]}{.type}
 echo
 k get meshcontrolplane default -o jsonpath='{range .status.components[*]}{.name}{"\t"}{.readyReplicas}/{.desiredReplicas}{"\t"}{.ready}{"\n"}{end}' |
 	{ printf 'COMPONENT\tREPLICAS\tREADY\n'; cat; } | column -t -s $'\t'
+echo
+k get meshcontrolplane default -o jsonpath='{range .status.revisions[*]}{.name}{"\t"}{.version}{"\t"}{.tags}{"\t"}{.ready}{"\n"}{end}' |
+	{ printf 'REVISION\tVERSION\tTAGS\tREADY\n'; cat; } | column -t -s $'\t'
 
 step "What Capstan installed (label app.kubernetes.io/managed-by=capstan)"
 ns=$(k get meshcontrolplane default -o jsonpath='{.spec.namespace}')

@@ -141,6 +141,7 @@ func TestBenchCA(t *testing.T) {
 func caBenchMCP(alg string) *meshv1.MeshControlPlane {
 	return &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}, Spec: meshv1.MeshControlPlaneSpec{
 		Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](1)}},
+		Upgrade:    inPlace,
 		Security: &meshv1.SecuritySpec{CA: &meshv1.CASpec{
 			KeyAlgorithm:    alg,
 			WorkloadCertTTL: &metav1.Duration{Duration: benchCertTTL},

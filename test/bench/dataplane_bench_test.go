@@ -265,6 +265,7 @@ func dpOperatorOptions(pprofAddr string) harness.OperatorOptions {
 func dpMCP() *meshv1.MeshControlPlane {
 	return &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}, Spec: meshv1.MeshControlPlaneSpec{
 		Version:    dpFromVersion,
+		Upgrade:    inPlace,
 		Components: &meshv1.ComponentsSpec{Pilot: &meshv1.PilotSpec{Replicas: ptr.To[int32](1)}},
 		Injection: &meshv1.InjectionSpec{Rollout: &meshv1.RolloutSpec{
 			RestartStaleWorkloads: meshv1.RestartOnUpgrade,

@@ -290,13 +290,17 @@ func TestChartOnLocalCluster(t *testing.T) {
 		}
 		return true, "", nil
 	})
-	ns, _, _ := unstructured.NestedString(mustGet(t, ctx, mcp, meshv1.SingletonName).Object, "spec", "namespace")
-	d, err := cs.AppsV1().Deployments(ns).Get(ctx, "istiod", metav1.GetOptions{})
+	installed := mustGet(t, ctx, mcp, meshv1.SingletonName).Object
+	ns, _, _ := unstructured.NestedString(installed, "spec", "namespace")
+	// The sample is RevisionBased: istiod runs as the revision of its version.
+	active, _, _ := unstructured.NestedString(installed, "status", "activeRevision")
+	name := "istiod-" + active
+	d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the active revision %q: %v", active, err)
 	}
 	if !deploymentAvailable(d) {
-		t.Fatalf("MeshControlPlane is Ready but Deployment %s/istiod is not Available: %+v", ns, d.Status)
+		t.Fatalf("MeshControlPlane is Ready but Deployment %s/%s is not Available: %+v", ns, name, d.Status)
 	}
 	// istiod started on the mesh CA's cacerts, which the operator wrote with the chart's Role.
 	if ns != cpNS {

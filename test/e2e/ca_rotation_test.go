@@ -89,6 +89,7 @@ var _ = Describe("the mesh CA's root rotation with the real istiod", Ordered, fu
 		Expect(client.IgnoreNotFound(k8s.Get(ctx, client.ObjectKeyFromObject(m), m))).To(Succeed())
 		Expect(m.UID).To(BeEmpty(), "another spec left a MeshControlPlane behind")
 		m.Spec.Security = &meshv1.SecuritySpec{CA: &meshv1.CASpec{WorkloadCertTTL: &metav1.Duration{Duration: rotationCertTTL}}}
+		m.Spec.Upgrade = inPlace
 		Expect(k8s.Create(ctx, m)).To(Succeed())
 
 		// istiod must find cacerts when it starts, as the chart's pod would: the operator

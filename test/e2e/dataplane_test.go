@@ -276,6 +276,7 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 
 		m := &meshv1.MeshControlPlane{ObjectMeta: metav1.ObjectMeta{Name: meshv1.SingletonName}}
 		m.Spec.Version = "1.31.0"
+		m.Spec.Upgrade = inPlace
 		m.Spec.Injection = &meshv1.InjectionSpec{
 			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{dpSelectLabel: "true"}},
 			// Never until the specs turn restarts on: the staleness of an upgrade is

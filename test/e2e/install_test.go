@@ -39,11 +39,25 @@ func ready(ctx context.Context) func(Gomega) {
 	}
 }
 
+// istiodDeployment is the in-place istiod, which the data-plane and CA Describes run.
 func istiodDeployment(ctx context.Context, g Gomega) *appsv1.Deployment {
+	return istiodOf(ctx, g, "default")
+}
+
+// istiodOf is the istiod Deployment of a revision: "istiod" for the in-place revision
+// default, "istiod-<revision>" for any other.
+func istiodOf(ctx context.Context, g Gomega, rev string) *appsv1.Deployment {
+	name := "istiod"
+	if rev != "default" {
+		name += "-" + rev
+	}
 	d := &appsv1.Deployment{}
-	g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "istiod"}, d)).To(Succeed())
+	g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: name}, d)).To(Succeed())
 	return d
 }
+
+// sampleRevision is the revision config/samples runs as: RevisionBased, Istio 1.31.1.
+const sampleRevision = "1-31-1"
 
 // owned lists every object that carries Capstan's inventory labels, straight from the apiserver.
 func owned(ctx context.Context) []string {
@@ -75,14 +89,14 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 		}).Should(BeTrue(), "namespace shop is deleted")
 	}, NodeTimeout(2*time.Minute))
 
-	It("installs from config/samples: istiod runs on the simulated nodes and the resource is Ready", func(ctx SpecContext) {
+	It("installs from config/samples: istiod runs on the simulated nodes as the revision of its version, and the resource is Ready", func(ctx SpecContext) {
 		root, err := harness.RepoRoot()
 		Expect(err).NotTo(HaveOccurred())
 		_, err = cluster.Kubectl(ctx, "apply", "-f", filepath.Join(root, "config/samples/mesh_v1alpha1_meshcontrolplane.yaml"))
 		Expect(err).NotTo(HaveOccurred())
 
 		Eventually(func(g Gomega) {
-			d := istiodDeployment(ctx, g)
+			d := istiodOf(ctx, g, sampleRevision)
 			g.Expect(d.Status.AvailableReplicas).To(Equal(int32(1)))
 		}).Should(Succeed())
 		pods := &corev1.PodList{}
@@ -95,12 +109,13 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 		m := &meshv1.MeshControlPlane{}
 		Expect(k8s.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m)).To(Succeed())
 		Expect(m.Status.Version).To(Equal("1.31.1"))
-		Expect(m.Status.Components).To(ConsistOf(meshv1.ComponentStatus{Name: "istiod", Ready: true, DesiredReplicas: 1, ReadyReplicas: 1}))
+		Expect(m.Status.ActiveRevision).To(Equal(sampleRevision))
+		Expect(m.Status.Components).To(ConsistOf(meshv1.ComponentStatus{Name: "istiod-" + sampleRevision, Ready: true, DesiredReplicas: 1, ReadyReplicas: 1}))
 	})
 
-	It("gives pods in a namespace selected for injection real sidecars from the real istiod", func(ctx SpecContext) {
+	It("gives pods in a namespace labelled istio-injection=enabled real sidecars from the real istiod, through the default tag", func(ctx SpecContext) {
 		var err error
-		istiod, err = harness.StartIstiod(ctx, cluster, harness.IstiodOptions{})
+		istiod, err = harness.StartIstiod(ctx, cluster, harness.IstiodOptions{Revision: sampleRevision})
 		Expect(err).NotTo(HaveOccurred())
 
 		m := &meshv1.MeshControlPlane{}
@@ -108,6 +123,7 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 		p, err := plan.For(&m.Spec, plan.InstalledFrom(&m.Status))
 		Expect(err).NotTo(HaveOccurred())
 		stamp := p.Stamps[p.Revision]
+		Expect(p.Revision).To(Equal(sampleRevision))
 
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"istio-injection": "enabled"}}}
 		Expect(k8s.Create(ctx, ns)).To(Succeed())
@@ -130,7 +146,7 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 			for _, p := range pods.Items {
 				g.Expect(p.Spec.Containers).To(ContainElement(HaveField("Name", "istio-proxy")), "pod %s has no sidecar", p.Name)
 				g.Expect(p.Spec.InitContainers).To(ContainElement(HaveField("Name", "istio-init")))
-				g.Expect(p.Annotations).To(HaveKey("sidecar.istio.io/status"))
+				g.Expect(p.Annotations).To(HaveKeyWithValue("sidecar.istio.io/status", ContainSubstring(`"revision":"`+sampleRevision+`"`)))
 				// The injector stamps what Capstan told it to, so a stale sidecar can be told
 				// from the pod's metadata alone.
 				g.Expect(p.Annotations).To(HaveKeyWithValue(dataplane.ProxyVersionAnnotation, "1.31.1"))
@@ -147,17 +163,17 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 		m.Spec.Components.Pilot.Replicas = ptr.To[int32](2)
 		Expect(k8s.Patch(ctx, m, patch)).To(Succeed())
 		Eventually(func(g Gomega) {
-			d := istiodDeployment(ctx, g)
+			d := istiodOf(ctx, g, sampleRevision)
 			g.Expect(d.Spec.Replicas).To(Equal(ptr.To[int32](2)))
 			g.Expect(d.Status.AvailableReplicas).To(Equal(int32(2)))
 		}).Should(Succeed())
 		Eventually(ready(ctx)).Should(Succeed())
 		Expect(k8s.Get(ctx, client.ObjectKey{Name: meshv1.SingletonName}, m)).To(Succeed())
-		Expect(m.Status.Components).To(ConsistOf(meshv1.ComponentStatus{Name: "istiod", Ready: true, DesiredReplicas: 2, ReadyReplicas: 2}))
+		Expect(m.Status.Components).To(ConsistOf(meshv1.ComponentStatus{Name: "istiod-" + sampleRevision, Ready: true, DesiredReplicas: 2, ReadyReplicas: 2}))
 	})
 
 	It("restores an owned ConfigMap that someone deleted", func(ctx SpecContext) {
-		key := client.ObjectKey{Namespace: istioNS, Name: "istio"}
+		key := client.ObjectKey{Namespace: istioNS, Name: "istio-" + sampleRevision}
 		cm := &corev1.ConfigMap{}
 		Expect(k8s.Get(ctx, key, cm)).To(Succeed())
 		uid, mesh := cm.UID, cm.Data["mesh"]
@@ -178,7 +194,7 @@ var _ = Describe("a MeshControlPlane on a local cluster", Ordered, func() {
 				}
 			}
 			return notes
-		}).Should(ContainElement(And(HavePrefix(meshv1.ReasonDriftReverted), ContainSubstring("ConfigMap istio-system/istio"))))
+		}).Should(ContainElement(And(HavePrefix(meshv1.ReasonDriftReverted), ContainSubstring("ConfigMap istio-system/istio-"+sampleRevision))))
 	})
 
 	It("removes everything but Istio's CRDs when the MeshControlPlane is deleted", func(ctx SpecContext) {

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	meshv1 "github.com/capstan-mesh/capstan/api/v1alpha1"
 	"github.com/capstan-mesh/capstan/controllers"
 	"github.com/capstan-mesh/capstan/test/harness"
 )
@@ -33,6 +34,10 @@ var (
 	operator *harness.Operator
 	k8s      client.Client
 )
+
+// inPlace is spec.upgrade for the Describes about an in-place control plane (the revision
+// default, istiod named "istiod"); a new MeshControlPlane is RevisionBased otherwise.
+var inPlace = &meshv1.UpgradeSpec{Strategy: meshv1.UpgradeInPlace}
 
 func TestE2E(t *testing.T) {
 	RegisterFailHandler(Fail)
