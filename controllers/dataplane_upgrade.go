@@ -3,7 +3,9 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +20,7 @@ import (
 	"github.com/capstan-mesh/capstan/internal/dataplane"
 	"github.com/capstan-mesh/capstan/internal/plan"
 	"github.com/capstan-mesh/capstan/internal/upgrade"
+	"github.com/capstan-mesh/capstan/internal/version"
 )
 
 // UpgradeFieldManager is the field manager of the canary upgrade's status: it owns
@@ -273,6 +276,12 @@ func upgradeNow(s *dataPlaneScope) time.Time { return s.now.UTC().Truncate(time.
 // upgrade from the counts and the last restart decision.
 func (r *DataPlaneReconciler) observeUpgrade(s *dataPlaneScope, st upgrade.State, items []dataplane.Item) upgrade.Observed {
 	obs := upgrade.Observed{Now: upgradeNow(s), Namespaces: map[string]upgrade.Namespace{}, Blocked: upgradeBlocked(s.mcp)}
+	if obs.Blocked == "" {
+		r.mu.Lock()
+		versions := r.counts.ProxyVersions()
+		r.mu.Unlock()
+		obs.Blocked = proxySkew(versions, s.plan.Layout.Versions[st.To])
+	}
 	for _, rs := range s.mcp.Status.Revisions {
 		ready := rs.Ready != nil && *rs.Ready
 		switch rs.Name {
@@ -331,6 +340,28 @@ func upgradeBlocked(mcp *meshv1.MeshControlPlane) string {
 	return ""
 }
 
+// proxySkew names the running sidecars a control plane at version to cannot serve, or "":
+// Istio supports proxies at most one minor behind their control plane, and never ahead
+// of it. A version that does not parse (a pod stamped by hand) is left out.
+func proxySkew(versions map[string]int, to string) string {
+	tmaj, tmin, _, err := version.Parse(to)
+	if err != nil {
+		return ""
+	}
+	var problems []string
+	for _, v := range slices.Sorted(maps.Keys(versions)) {
+		maj, minor, _, err := version.Parse(v)
+		switch {
+		case err != nil || versions[v] == 0:
+		case maj != tmaj || minor < tmin-1:
+			problems = append(problems, fmt.Sprintf("%d sidecars run Istio %s, more than one minor behind %s; restart them onto the running revision first", versions[v], v, to))
+		case minor > tmin:
+			problems = append(problems, fmt.Sprintf("%d sidecars run Istio %s, newer than %s", versions[v], v, to))
+		}
+	}
+	return strings.Join(problems, "; ")
+}
+
 // recordUpgrade tells each batch that began moving, and each rollback, in an Event.
 func (r *DataPlaneReconciler) recordUpgrade(s *dataPlaneScope, before upgrade.State, step upgrade.Step) {
 	after := step.State
@@ -363,6 +394,9 @@ func (r *DataPlaneReconciler) persistUpgrade(ctx context.Context, s *dataPlaneSc
 	}
 	if queued != "" {
 		msg += fmt.Sprintf("; spec.version %s waits until the upgrade to revision %s ends", queued, st.To)
+	}
+	if req := promoteRequest(&s.mcp.Spec); !req.IsZero() && (st.Phase == "" || st.Phase == upgrade.PhaseComplete) && req.After(st.StartedAt) && req.After(st.HandledPromote) {
+		msg += fmt.Sprintf("; spec.upgrade.promote (%s) asks for a promotion, and no upgrade waits for one: nothing was done", req.UTC().Format(time.RFC3339))
 	}
 	mcp := s.mcp.DeepCopy()
 	mcp.Status.Upgrade, mcp.Status.ActiveRevision = u, active

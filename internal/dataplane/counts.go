@@ -24,7 +24,9 @@ type Counts struct {
 	// revPods and revNamespaces count, per revision, the pods carrying its sidecar
 	// and the namespaces whose labels select it.
 	revPods, revNamespaces map[string]int
-	unreadable             int
+	// versions counts the sidecars by the Istio version stamped on them.
+	versions   map[string]int
+	unreadable int
 	// evaluations counts pod evaluations, for the tests that hold events to their cost.
 	evaluations int
 }
@@ -97,6 +99,7 @@ func NewCounts(d Desired) *Counts {
 		workloads:     map[WorkloadRef]*group{},
 		revPods:       map[string]int{},
 		revNamespaces: map[string]int{},
+		versions:      map[string]int{},
 	}
 }
 
@@ -231,6 +234,10 @@ func (c *Counts) Namespace(name string) (known bool, rev string, pods, current i
 	return e.known, e.target.Revision, pods, current
 }
 
+// ProxyVersions counts the running sidecars by the Istio version stamped on them (pods
+// injected before Capstan stamped them are not counted).
+func (c *Counts) ProxyVersions() map[string]int { return maps.Clone(c.versions) }
+
 // MissingRevisions are the namespaces whose labels name a revision or tag that does not
 // exist, ordered by name.
 func (c *Counts) MissingRevisions() []MissingRevision {
@@ -300,6 +307,9 @@ func (c *Counts) apply(e *nsEntry, pe *podEntry, sign int) {
 	}
 	if st.sidecar {
 		c.sum.InjectedPods += sign
+		if pe.meta.hasVersion {
+			add(c.versions, pe.meta.version, sign)
+		}
 	}
 	if st.injectedBy != "" {
 		add(c.revPods, st.injectedBy, sign)

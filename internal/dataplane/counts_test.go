@@ -17,10 +17,14 @@ type recount struct {
 	workloads []StaleWorkload
 	missing   []MissingRevision
 	uses      revision.Uses
+	// versions are the sidecars by stamped version; perNamespace what Counts.Namespace
+	// says of each namespace: pods that should carry a sidecar, and the current ones.
+	versions     map[string]int
+	perNamespace map[string][2]int
 }
 
 func recountAll(d Desired, namespaces map[string]map[string]string, pods map[string]Pod) recount {
-	var r recount
+	r := recount{versions: map[string]int{}, perNamespace: map[string][2]int{}}
 	meshedNS := func(l map[string]string) bool {
 		v, ok := l[revision.InjectionLabel]
 		_, rev := l[revision.RevLabel]
@@ -45,13 +49,23 @@ func recountAll(d Desired, namespaces map[string]map[string]string, pods map[str
 			continue
 		}
 		nsl := namespaces[p.Namespace]
+		stale, reason := Stale(p, nsl, d)
+		n := r.perNamespace[p.Namespace]
 		if _, ok := p.Annotations[revision.StatusAnnotation]; ok {
 			r.sum.InjectedPods++
+			if v, ok := p.Annotations[ProxyVersionAnnotation]; ok {
+				r.versions[v]++
+			}
+			n[0]++
+			if !stale {
+				n[1]++
+			}
 		} else if meshedNS(nsl) && p.Labels[revision.InjectLabel] != "false" {
 			r.sum.UninjectedPods++
 			uninjectedIn[p.Namespace]++
+			n[0]++
 		}
-		stale, reason := Stale(p, nsl, d)
+		r.perNamespace[p.Namespace] = n
 		if !stale {
 			continue
 		}
@@ -108,6 +122,14 @@ func check(c *Counts, want recount) error {
 	for rev, g := range got.ByRevision {
 		if _, ok := want.uses.ByRevision[rev]; !ok && g.InUse() {
 			return fmt.Errorf("revision %s use %+v, recount none", rev, g)
+		}
+	}
+	if got := c.ProxyVersions(); !maps.Equal(got, want.versions) {
+		return fmt.Errorf("proxy versions %v, recount %v", got, want.versions)
+	}
+	for ns, w := range want.perNamespace {
+		if _, _, pods, current := c.Namespace(ns); pods != w[0] || current != w[1] {
+			return fmt.Errorf("namespace %s: %d pods, %d current; recount %d, %d", ns, pods, current, w[0], w[1])
 		}
 	}
 	return nil

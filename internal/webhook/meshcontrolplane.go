@@ -64,6 +64,9 @@ func (v Validator) ValidateUpdate(_ context.Context, old, m *meshv1.MeshControlP
 	if !equality.Semantic.DeepEqual(selectorOf(old), selectorOf(m)) {
 		errs = append(errs, checkSelector(m))
 	}
+	if strategyOf(old) != strategyOf(m) {
+		errs = append(errs, checkStrategy(m))
+	}
 	return nil, invalid(m, errs...)
 }
 
@@ -110,6 +113,31 @@ func checkVersion(want, running string) *field.Error {
 		return field.Invalid(versionPath, want, fmt.Sprintf("Istio %s runs; upgrade one minor version at a time (to %d.%d.x first)", running, rmaj, rmin+1))
 	case wmin < rmin:
 		return field.Invalid(versionPath, want, fmt.Sprintf("Istio %s is the oldest version running; a downgrade to an older minor version is not supported", running))
+	}
+	return nil
+}
+
+var strategyPath = field.NewPath("spec", "upgrade", "strategy")
+
+func strategyOf(m *meshv1.MeshControlPlane) meshv1.UpgradeStrategy {
+	if m.Spec.Upgrade == nil {
+		return ""
+	}
+	return m.Spec.Upgrade.Strategy
+}
+
+// checkStrategy refuses InPlace while a revision other than the in-place one runs: the
+// in-place istiod would be a second control plane beside it, and no migration moves
+// workloads back to it. RevisionBased is always allowed (from InPlace it is a canary
+// upgrade from the revision default).
+func checkStrategy(m *meshv1.MeshControlPlane) *field.Error {
+	if strategyOf(m) != meshv1.UpgradeInPlace {
+		return nil
+	}
+	for _, r := range m.Status.Revisions {
+		if r.Name != "default" && (r.Version != "" || r.Ready != nil) {
+			return field.Forbidden(strategyPath, fmt.Sprintf("revision %s runs; InPlace runs only the revision default. Keep RevisionBased: an unused revision is removed after spec.upgrade.inactiveRevisionGracePeriod", r.Name))
+		}
 	}
 	return nil
 }

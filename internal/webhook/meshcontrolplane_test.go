@@ -134,3 +134,25 @@ func TestSelectorOfTheControlPlaneNamespace(t *testing.T) {
 		t.Errorf("an unchanged stored selector refused: %v", err)
 	}
 }
+
+// A switch to InPlace is refused while a revision other than default runs, and allowed
+// when only the in-place revision does (or nothing yet).
+func TestStrategySwitch(t *testing.T) {
+	mcp := func(strategy meshv1.UpgradeStrategy, revisions ...string) *meshv1.MeshControlPlane {
+		m := &meshv1.MeshControlPlane{Spec: meshv1.MeshControlPlaneSpec{Upgrade: &meshv1.UpgradeSpec{Strategy: strategy}}}
+		for _, r := range revisions {
+			m.Status.Revisions = append(m.Status.Revisions, meshv1.RevisionStatus{Name: r, Version: "1.31.1"})
+		}
+		return m
+	}
+	v := Validator{}
+	if _, err := v.ValidateUpdate(t.Context(), mcp(meshv1.UpgradeRevisionBased, "1-31-1"), mcp(meshv1.UpgradeInPlace, "1-31-1")); err == nil || !strings.Contains(err.Error(), "spec.upgrade.strategy") {
+		t.Errorf("InPlace beside revision 1-31-1: %v", err)
+	}
+	if _, err := v.ValidateUpdate(t.Context(), mcp(""), mcp(meshv1.UpgradeInPlace, "default")); err != nil {
+		t.Errorf("InPlace with only the default revision: %v", err)
+	}
+	if _, err := v.ValidateUpdate(t.Context(), mcp(meshv1.UpgradeInPlace, "default"), mcp(meshv1.UpgradeRevisionBased, "default")); err != nil {
+		t.Errorf("InPlace to RevisionBased: %v", err)
+	}
+}
