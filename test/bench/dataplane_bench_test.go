@@ -591,18 +591,7 @@ func upgrade(ctx context.Context, k8s client.Client, cs kubernetes.Interface, ns
 // DaemonSets received in [from, to): not the control plane's own (the upgrade re-applies
 // istiod's Deployment).
 func workloadWrites(events []AuditEvent, from, to time.Time) int {
-	n := 0
-	for _, e := range events {
-		t := e.RequestReceivedTimestamp
-		if t.Before(from) || !t.Before(to) || !e.IsWrite() || e.ObjectRef == nil || !strings.HasPrefix(e.ObjectRef.Namespace, "dp-") {
-			continue
-		}
-		switch e.ObjectRef.Resource {
-		case "deployments", "statefulsets", "daemonsets":
-			n++
-		}
-	}
-	return n
+	return workloadWritesIn(events, from, to, "dp-")
 }
 
 // saveCPUProfile saves a CPU profile of the operator's next d as dir/name.
