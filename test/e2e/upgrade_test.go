@@ -93,6 +93,12 @@ func cuObject(w dpWorkload) *appsv1.Deployment {
 	return d
 }
 
+// The injection webhooks Istio's chart installs in istio-system: the revision's own
+// injector, and the default tag's (another control-plane namespace adds "-<namespace>").
+const cuDefaultTagWebhook = "istio-revision-tag-default"
+
+func cuInjectorWebhook(rev string) string { return "istio-sidecar-injector-" + rev }
+
 // injectedBy says which revision's injector injected the pod, from the status annotation
 // istiod writes ("" when none did).
 func injectedBy(p *corev1.Pod) string {
@@ -145,14 +151,24 @@ func namespaceRevision(ctx context.Context, g Gomega, name string) string {
 	return ns.Labels[revision.RevLabel]
 }
 
-// batchRecorder follows the MeshControlPlane through a watch and keeps every distinct
-// status.upgrade.currentBatch the upgrade to one revision showed, in order.
+// batchRecorder follows the MeshControlPlane through a watch and keeps every batch start
+// that the upgrade to one revision showed in status.upgrade, in order: a batch started
+// again (after a crash, say) shows as a second start of the same batch.
 type batchRecorder struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	to     string
-	seen   [][]string
+	starts []batchStart
+}
+
+// batchStart is one batch as status.upgrade showed it moving.
+type batchStart struct {
+	// Batch is status.upgrade.batch, StartedAt its batchStartedAt, Namespaces its
+	// currentBatch.
+	Batch      int32
+	StartedAt  time.Time
+	Namespaces []string
 }
 
 func startBatchRecorder(ctx context.Context, to string) *batchRecorder {
@@ -176,14 +192,10 @@ func startBatchRecorder(ctx context.Context, to string) *batchRecorder {
 			}
 			for ev := range w.ResultChan() {
 				m, ok := ev.Object.(*meshv1.MeshControlPlane)
-				if !ok || ev.Type == watch.Deleted || m.Status.Upgrade == nil || m.Status.Upgrade.To != r.to {
+				if !ok || ev.Type == watch.Deleted || m.Status.Upgrade == nil {
 					continue
 				}
-				r.mu.Lock()
-				if b := m.Status.Upgrade.CurrentBatch; len(b) > 0 && (len(r.seen) == 0 || !slices.Equal(r.seen[len(r.seen)-1], b)) {
-					r.seen = append(r.seen, slices.Clone(b))
-				}
-				r.mu.Unlock()
+				r.saw(m.Status.Upgrade)
 			}
 			w.Stop()
 		}
@@ -191,15 +203,28 @@ func startBatchRecorder(ctx context.Context, to string) *batchRecorder {
 	return r
 }
 
+func (r *batchRecorder) saw(u *meshv1.UpgradeStatus) {
+	if u.To != r.to || u.BatchStartedAt == nil || len(u.CurrentBatch) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := batchStart{Batch: u.Batch, StartedAt: u.BatchStartedAt.UTC(), Namespaces: slices.Clone(u.CurrentBatch)}
+	if n := len(r.starts); n > 0 && r.starts[n-1].Batch == s.Batch && r.starts[n-1].StartedAt.Equal(s.StartedAt) {
+		return
+	}
+	r.starts = append(r.starts, s)
+}
+
 func (r *batchRecorder) stop() {
 	r.cancel()
 	r.wg.Wait()
 }
 
-func (r *batchRecorder) batches() [][]string {
+func (r *batchRecorder) batches() []batchStart {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return slices.Clone(r.seen)
+	return slices.Clone(r.starts)
 }
 
 // A canary upgrade end to end, on the local cluster with a real istiod per revision.
@@ -234,7 +259,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 		Eventually(ctx, func(g Gomega) {
 			g.Expect(istiodOf(ctx, g, rev).Status.AvailableReplicas).To(Equal(int32(1)))
 			g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: controllers.CACertsSecret}, &corev1.Secret{})).To(Succeed())
-		}).Should(Succeed(), "Capstan installs revision %s", rev)
+		}).WithTimeout(time.Minute).Should(Succeed(), "Capstan installs revision %s", rev)
 		d, err := harness.StartIstiod(ctx, cluster, harness.IstiodOptions{
 			Revision: rev,
 			WorkDir:  fmt.Sprintf("%s/canary-istiod-%s", cluster.WorkDir, rev),
@@ -333,7 +358,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			hooks := &admissionregistrationv1.MutatingWebhookConfigurationList{}
 			g.Expect(k8s.List(ctx, hooks)).To(Succeed())
 			g.Expect(hooks.Items).To(BeEmpty(), "injection webhooks")
-		}).Should(Succeed(), "the control plane and the data plane are gone, for the specs that install their own")
+		}).WithTimeout(2*time.Minute).Should(Succeed(), "the control plane and the data plane are gone, for the specs that install their own")
 		Expect(client.IgnoreNotFound(k8s.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: cuPoolNode}}))).To(Succeed())
 		restoreSuiteOperator(ctx, op)
 	}, NodeTimeout(3*time.Minute))
@@ -346,7 +371,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			n := &corev1.Node{}
 			g.Expect(k8s.Get(ctx, client.ObjectKey{Name: cuPoolNode}, n)).To(Succeed())
 			g.Expect(n.Status.Conditions).To(ContainElement(And(HaveField("Type", corev1.NodeReady), HaveField("Status", corev1.ConditionTrue))), "kwok makes node %s Ready", cuPoolNode)
-		}).Should(Succeed())
+		}).WithTimeout(time.Minute).Should(Succeed())
 		for _, w := range cuWorkloads {
 			Expect(k8s.Create(ctx, cuObject(w))).To(Succeed(), w.key())
 		}
@@ -367,7 +392,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			g.Expect(r.Ready).To(HaveValue(BeTrue()))
 			g.Expect(r.Tags).To(Equal([]string{plan.TagCanary, plan.TagDefault, plan.TagStable}))
 			g.Expect(r.Pods).To(HaveValue(Equal(int32(len(cuWorkloads)))), "status.revisions[1-31-0].pods")
-		}).Should(Succeed())
+		}).WithTimeout(30 * time.Second).Should(Succeed())
 	}, SpecTimeout(3*time.Minute))
 
 	It("moves the namespaces to the new revision in batches, resumes the batch an operator killed mid-batch, restarts each workload once, then moves the tags", func(ctx SpecContext) {
@@ -379,7 +404,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			}
 			return out
 		}()
-		Eventually(ctx, restarts.seen).Should(ContainElements(keys), "the recorder saw every workload before any restart")
+		Eventually(ctx, restarts.seen).WithTimeout(10*time.Second).Should(ContainElements(keys), "the recorder saw every workload before any restart")
 		batches := startBatchRecorder(ctx, "1-31-1")
 		defer batches.stop()
 		since := time.Now().Truncate(time.Second)
@@ -391,7 +416,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			g.Expect(u.To).To(Equal("1-31-1"))
 			g.Expect(u.Namespaces).To(Equal(cuNamespaces))
 			g.Expect(u.BatchesTotal).To(Equal(int32(4)))
-		}).Should(Succeed(), "the upgrade begins, over the ten namespaces in four batches")
+		}).WithTimeout(time.Minute).Should(Succeed(), "the upgrade begins, over the ten namespaces in four batches")
 		Expect(condition(ctx, meshv1.ConditionUpgrading)).To(HaveField("Status", metav1.ConditionTrue))
 		Expect(deploymentExists(ctx, "istiod-1-31-0")).To(BeTrue(), "the old revision runs beside the new")
 		// Until the new istiod serves, pods that the first batch's restarts create wait
@@ -417,7 +442,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 				}
 			}
 			g.Expect(restarted).To(BeNumerically(">", 0), "restarts of the second batch")
-		}).WithTimeout(2*time.Minute).WithPolling(50*time.Millisecond).Should(Succeed())
+		}).WithTimeout(2 * time.Minute).WithPolling(50 * time.Millisecond).Should(Succeed())
 		Expect(op.Kill()).To(Succeed(), "the operator crashes mid-batch")
 		m := dpMesh(ctx, Default)
 		u := upgradeOf(Default, m)
@@ -426,6 +451,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 		Expect(u.BatchStartedAt).NotTo(BeNil())
 		Expect(u.CurrentBatch).To(Equal(second))
 		Expect(u.BatchesDone).To(Equal(int32(1)))
+		killedIn := u.BatchStartedAt.UTC()
 		complete := 0
 		for _, w := range cuWorkloadsIn(second) {
 			obj := cuObject(w)
@@ -454,11 +480,24 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 		Expect(c.Status).To(Equal(metav1.ConditionFalse))
 		Expect(c.Reason).To(Equal(string(upgrade.PhaseComplete)))
 		tag := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		Expect(k8s.Get(ctx, client.ObjectKey{Name: "istio-revision-tag-default"}, tag)).To(Succeed())
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: cuDefaultTagWebhook}, tag)).To(Succeed())
 		Expect(tag.Labels).To(HaveKeyWithValue(revision.RevLabel, "1-31-1"), "the default tag's webhook selects the new revision")
 
-		// Each batch, in order, and never more than batchSize namespaces at once.
-		Expect(batches.batches()).To(Equal([][]string{cuNamespaces[0:3], cuNamespaces[3:6], cuNamespaces[6:9], cuNamespaces[9:]}), "status.upgrade.currentBatch, as it moved")
+		// Each batch started once, in order, never more than batchSize namespaces at once:
+		// the restarted operator went on with the second batch as the killed one had
+		// started it.
+		started := batches.batches()
+		Expect(len(started)).To(BeNumerically(">=", 4), "batch starts seen: %+v", started)
+		Expect(started).To(HaveExactElements(
+			batchStart{Batch: 0, StartedAt: started[0].StartedAt, Namespaces: cuNamespaces[0:3]},
+			batchStart{Batch: 1, StartedAt: killedIn, Namespaces: cuNamespaces[3:6]},
+			batchStart{Batch: 2, StartedAt: started[2].StartedAt, Namespaces: cuNamespaces[6:9]},
+			batchStart{Batch: 3, StartedAt: started[3].StartedAt, Namespaces: cuNamespaces[9:]},
+		), "the batches status.upgrade showed moving")
+		Eventually(ctx, func(g Gomega) []string { return meshEvents(ctx, g, meshv1.ReasonUpgradeBatch) }).WithTimeout(10*time.Second).Should(ContainElements(
+			ContainSubstring("batch 1 of 4: moving canary-0, canary-1, canary-2 to revision 1-31-1"),
+			ContainSubstring("batch 4 of 4: moving canary-9 to revision 1-31-1"),
+		), "each batch is told in an Event")
 		for _, ns := range cuNamespaces {
 			Expect(namespaceRevision(ctx, Default, ns)).To(Equal("1-31-1"))
 		}
@@ -466,7 +505,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			for _, w := range cuWorkloads {
 				expectInjectedBy(ctx, g, w, "1-31-1", stamp)
 			}
-		}).Should(Succeed(), "the real istiod 1-31-1 re-injected every pod")
+		}).WithTimeout(30*time.Second).Should(Succeed(), "the real istiod 1-31-1 re-injected every pod")
 		for _, w := range cuWorkloads {
 			Expect(restarts.restartsOf(w)).To(ConsistOf(HaveField("For", target)), "%s is restarted exactly once, for %s, across the crash", w.key(), target)
 			Expect(templateRestartsSince(ctx, w, since)).To(HaveLen(1), "%s: pod templates restarted since the upgrade", w.key())
@@ -498,21 +537,21 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			r := revisionOf(g, dpMesh(ctx, g), "1-31-0")
 			g.Expect(r.InUse).To(Equal(meshv1.RevisionUnused))
 			g.Expect(r.UnusedSince).NotTo(BeNil())
-		}).Should(Succeed(), "the old revision is seen unused")
+		}).WithTimeout(30*time.Second).Should(Succeed(), "the old revision is seen unused")
 		Consistently(ctx, func() bool { return deploymentExists(ctx, "istiod-1-31-0") }).WithTimeout(3*time.Second).Should(BeTrue(), "removed within the grace period")
-		Expect(webhookExists(ctx, "istio-sidecar-injector-1-31-0")).To(BeTrue())
+		Expect(webhookExists(ctx, cuInjectorWebhook("1-31-0"))).To(BeTrue())
 
 		patchMesh(ctx, func(m *meshv1.MeshControlPlane) {
 			m.Spec.Upgrade.InactiveRevisionGracePeriod = &metav1.Duration{}
 		})
 		Eventually(ctx, func(g Gomega) {
 			g.Expect(deploymentExists(ctx, "istiod-1-31-0")).To(BeFalse(), "Deployment istiod-1-31-0")
-			g.Expect(webhookExists(ctx, "istio-sidecar-injector-1-31-0")).To(BeFalse(), "the old revision's injector")
+			g.Expect(webhookExists(ctx, cuInjectorWebhook("1-31-0"))).To(BeFalse(), "the old revision's injector")
 			g.Expect(dpMesh(ctx, g).Status.Revisions).NotTo(ContainElement(HaveField("Name", "1-31-0")), "status.revisions")
-		}).Should(Succeed())
+		}).WithTimeout(time.Minute).Should(Succeed())
 		Expect(deploymentExists(ctx, "istiod-1-31-1")).To(BeTrue())
-		Expect(webhookExists(ctx, "istio-sidecar-injector-1-31-1")).To(BeTrue())
-		Expect(webhookExists(ctx, "istio-revision-tag-default")).To(BeTrue())
+		Expect(webhookExists(ctx, cuInjectorWebhook("1-31-1"))).To(BeTrue())
+		Expect(webhookExists(ctx, cuDefaultTagWebhook)).To(BeTrue())
 		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: istioNS, Name: "istiod-1-31-1"}, &corev1.Service{})).To(Succeed())
 		stopIstiod("1-31-0")
 	}, SpecTimeout(2*time.Minute))
@@ -523,10 +562,10 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 		// the way it happens to a pinned workload on a full or cordoned node pool: its only
 		// node is cordoned, so its restarted pod is created and injected but never
 		// scheduled, and its Deployment keeps the old pod.
-		patchNodeNamed(ctx, cuPoolNode, func(n *corev1.Node) { n.Spec.Unschedulable = true })
+		patchNode(ctx, cuPoolNode, func(n *corev1.Node) { n.Spec.Unschedulable = true })
 		restarts.stop()
 		restarts = startRestartRecorder(ctx)
-		Eventually(ctx, restarts.seen).Should(HaveLen(len(cuWorkloads)), "the recorder saw every workload before any restart")
+		Eventually(ctx, restarts.seen).WithTimeout(10*time.Second).Should(HaveLen(len(cuWorkloads)), "the recorder saw every workload before any restart")
 		first := cuNamespaces[:cuBatchSize]
 		patchMesh(ctx, func(m *meshv1.MeshControlPlane) {
 			m.Spec.Version = "1.31.2"
@@ -557,8 +596,8 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			obj := cuObject(cuPinned)
 			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(obj), obj)).To(Succeed())
 			return obj.Annotations[dataplane.RestartedForAnnotation]
-		}).Should(HavePrefix("1-31-1/"), "the rollback restarts the pinned workload onto the old revision")
-		patchNodeNamed(ctx, cuPoolNode, func(n *corev1.Node) { n.Spec.Unschedulable = false })
+		}).WithTimeout(30*time.Second).Should(HavePrefix("1-31-1/"), "the rollback restarts the pinned workload onto the old revision")
+		patchNode(ctx, cuPoolNode, func(n *corev1.Node) { n.Spec.Unschedulable = false })
 
 		Eventually(ctx, func(g Gomega) {
 			g.Expect(upgradeOf(g, dpMesh(ctx, g)).Phase).To(Equal(string(upgrade.PhaseFailed)))
@@ -574,7 +613,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 		Expect(c.Reason).To(Equal(string(upgrade.PhaseFailed)))
 		Expect(c.Message).To(And(ContainSubstring("revision 1-31-1 stays active"), ContainSubstring("namespace "+cuPinned.ns), ContainSubstring(cuPinned.key())))
 		tag := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		Expect(k8s.Get(ctx, client.ObjectKey{Name: "istio-revision-tag-default"}, tag)).To(Succeed())
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: cuDefaultTagWebhook}, tag)).To(Succeed())
 		Expect(tag.Labels).To(HaveKeyWithValue(revision.RevLabel, "1-31-1"))
 
 		for _, ns := range cuNamespaces {
@@ -585,7 +624,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			for _, w := range cuWorkloadsIn(first) {
 				expectInjectedBy(ctx, g, w, "1-31-1", stamp)
 			}
-		}).Should(Succeed(), "the failed batch's workloads run sidecars the real istiod 1-31-1 injected again")
+		}).WithTimeout(30*time.Second).Should(Succeed(), "the failed batch's workloads run sidecars the real istiod 1-31-1 injected again")
 		for _, w := range cuWorkloads {
 			rs := restarts.restartsOf(w)
 			if slices.Contains(first, w.ns) {
@@ -623,15 +662,6 @@ func condition(ctx context.Context, t string) metav1.Condition {
 		g.Expect(found).NotTo(BeNil(), "condition %s", t)
 		g.Expect(found.ObservedGeneration).To(Equal(m.Generation), "condition %s describes an older spec", t)
 		c = *found
-	}).Should(Succeed())
+	}).WithTimeout(30 * time.Second).Should(Succeed())
 	return c
-}
-
-func patchNodeNamed(ctx context.Context, name string, change func(*corev1.Node)) {
-	GinkgoHelper()
-	n := &corev1.Node{}
-	Expect(k8s.Get(ctx, client.ObjectKey{Name: name}, n)).To(Succeed())
-	patch := client.MergeFrom(n.DeepCopy())
-	change(n)
-	Expect(k8s.Patch(ctx, n, patch)).To(Succeed())
 }
