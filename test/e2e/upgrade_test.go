@@ -557,8 +557,9 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 	}, SpecTimeout(2*time.Minute))
 
 	It("moves a batch whose pods are not Ready within readinessTimeout back to the old revision, names the namespace and workload, and keeps the old revision active", func(ctx SpecContext) {
-		// Why not a readiness gate nobody sets: kwok marks every readiness gate True with
-		// Ready (see the data plane's specs). A pod that never becomes Ready is made instead
+		// Why not a readiness gate nobody sets: kwok's pod-ready stage (kwok v0.8.0,
+		// kustomize/stage/pod/fast/pod-ready.yaml) writes a True condition for every
+		// spec.readinessGates entry along with Ready. A pod that never becomes Ready is made instead
 		// the way it happens to a pinned workload on a full or cordoned node pool: its only
 		// node is cordoned, so its restarted pod is created and injected but never
 		// scheduled, and its Deployment keeps the old pod.
