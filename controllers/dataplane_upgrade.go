@@ -366,7 +366,7 @@ func proxySkew(versions map[string]int, to string) string {
 func (r *DataPlaneReconciler) recordUpgrade(s *dataPlaneScope, before upgrade.State, step upgrade.Step) {
 	after := step.State
 	switch {
-	case step.Action.Kind == upgrade.ActionMove && before.BatchStartedAt.IsZero() && !after.BatchStartedAt.IsZero():
+	case step.Action.Kind == upgrade.ActionMove && !after.BatchStartedAt.IsZero() && (before.BatchStartedAt.IsZero() || before.Batch != after.Batch):
 		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeNormal, meshv1.ReasonUpgradeBatch, "Upgrade", "%s", step.Message)
 	case after.Phase == upgrade.PhaseRollingBack && before.Phase != upgrade.PhaseRollingBack:
 		r.Recorder.Eventf(s.mcp, nil, corev1.EventTypeWarning, meshv1.ReasonUpgradeBatch, "RollBack", "%s; rolling back %s to revision %s", after.Failure, listSome(after.RollBack), after.From)

@@ -427,7 +427,7 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 		// a pinned workload on a full or cordoned node pool: the stuck workload's only node
 		// is cordoned, so its restarted pod is created and injected but never scheduled,
 		// never Ready, and its Deployment (maxUnavailable 0 at one replica) keeps the old pod.
-		patchNode(ctx, func(n *corev1.Node) { n.Spec.Unschedulable = true })
+		patchNode(ctx, dpStuckNode, func(n *corev1.Node) { n.Spec.Unschedulable = true })
 		m := dpMesh(ctx, Default)
 		stamp, target := stampOf(m)
 		Expect(stamp.Version).To(Equal("1.31.1"))
@@ -581,10 +581,11 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 	}, SpecTimeout(2*time.Minute))
 })
 
-func patchNode(ctx context.Context, change func(*corev1.Node)) {
+// patchNode changes the node with a merge patch.
+func patchNode(ctx context.Context, name string, change func(*corev1.Node)) {
 	GinkgoHelper()
 	n := &corev1.Node{}
-	Expect(k8s.Get(ctx, client.ObjectKey{Name: dpStuckNode}, n)).To(Succeed())
+	Expect(k8s.Get(ctx, client.ObjectKey{Name: name}, n)).To(Succeed())
 	patch := client.MergeFrom(n.DeepCopy())
 	change(n)
 	Expect(k8s.Patch(ctx, n, patch)).To(Succeed())
