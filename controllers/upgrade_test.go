@@ -367,7 +367,9 @@ var _ = Describe("switching an in-place control plane to RevisionBased", Ordered
 	})
 
 	It("moves the rest on a promotion, then the tags, and keeps the in-place istiod until it is unused", func() {
-		updateMCP(func(m *meshv1.MeshControlPlane) { m.Spec.Upgrade.Promote = &metav1.Time{Time: time.Now().Add(time.Second)} })
+		updateMCP(func(m *meshv1.MeshControlPlane) {
+			m.Spec.Upgrade.Promote = &metav1.Time{Time: time.Now().Add(time.Second)}
+		})
 		Eventually(nsRevision("sw-b")).Should(Equal("1-31-1"))
 		Eventually(restartedFor(app("sw-b"))).Should(HavePrefix("1-31-1/"))
 		Expect(injectedPods(Default)).To(Equal(int32(2)), "no pod lost its sidecar")
@@ -385,7 +387,9 @@ var _ = Describe("switching an in-place control plane to RevisionBased", Ordered
 		}).Should(Succeed())
 		Expect(w.deploymentExists("istiod")()).To(BeTrue(), "removed before its grace period")
 		// A promotion with no upgrade left to promote is said, and changes nothing.
-		updateMCP(func(m *meshv1.MeshControlPlane) { m.Spec.Upgrade.Promote = &metav1.Time{Time: time.Now().Add(time.Minute)} })
+		updateMCP(func(m *meshv1.MeshControlPlane) {
+			m.Spec.Upgrade.Promote = &metav1.Time{Time: time.Now().Add(time.Minute)}
+		})
 		Eventually(func(g Gomega) string { return condition(meshv1.ConditionUpgrading)(g).Message }).Should(ContainSubstring("no upgrade waits for one"))
 	})
 
