@@ -237,13 +237,7 @@ func waitSecretsGone(ctx context.Context, k8s client.Client, names ...string) er
 }
 
 func waitIstiodAvailable(ctx context.Context, c *harness.Cluster) error {
-	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		d, err := c.Clientset.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		return err == nil && d.Status.AvailableReplicas >= 1, err
-	})
+	return waitDeploymentAvailable(ctx, c, "istiod")
 }
 
 // seconds lists a sample, for the report.

@@ -169,6 +169,15 @@ func patchMesh(ctx context.Context, change func(*meshv1.MeshControlPlane)) {
 	Expect(k8s.Patch(ctx, m, patch)).To(Succeed())
 }
 
+// reportMeshStatus adds the MeshControlPlane's status to a failed spec's report.
+func reportMeshStatus() {
+	m := &meshv1.MeshControlPlane{}
+	if k8s.Get(context.Background(), client.ObjectKey{Name: meshv1.SingletonName}, m) == nil {
+		st, _ := json.MarshalIndent(m.Status, "", "  ")
+		AddReportEntry("MeshControlPlane status", string(st))
+	}
+}
+
 // stampOf is what the injector stamps on pods for the MeshControlPlane's spec, and the
 // restart target ("revision/version/proxy-config") that spec makes.
 func stampOf(m *meshv1.MeshControlPlane) (dataplane.Stamp, string) {
@@ -304,11 +313,7 @@ var _ = Describe("the data plane of a MeshControlPlane with the real istiod", Or
 			if istiod != nil {
 				AddReportEntry("istiod log", istiod.LogTail(4000))
 			}
-			m := &meshv1.MeshControlPlane{}
-			if k8s.Get(context.Background(), client.ObjectKey{Name: meshv1.SingletonName}, m) == nil {
-				st, _ := json.MarshalIndent(m.Status, "", "  ")
-				AddReportEntry("MeshControlPlane status", string(st))
-			}
+			reportMeshStatus()
 		}
 	})
 

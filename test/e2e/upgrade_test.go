@@ -327,11 +327,7 @@ var _ = Describe("a canary upgrade with two real istiods", Ordered, func() {
 			for rev, d := range istiods {
 				AddReportEntry("istiod "+rev+" log", d.LogTail(4000))
 			}
-			m := &meshv1.MeshControlPlane{}
-			if k8s.Get(context.Background(), client.ObjectKey{Name: meshv1.SingletonName}, m) == nil {
-				st, _ := json.MarshalIndent(m.Status, "", "  ")
-				AddReportEntry("MeshControlPlane status", string(st))
-			}
+			reportMeshStatus()
 		}
 	})
 
